@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Data preparation for anyphone, icefall style: run stages in order, or pick some with
+#   ./prepare.sh --stage 1 --stop-stage 1
+#
+# Stages:
+#   0  tokenizer: ipa_simplified/ (SentencePiece unigram model, tokens.txt, phone_set.txt) in ZIPA's id order
+#   1  embedded corpus: multilingual IPA-labelled speech synthesized offline with eSpeak NG -> data/shar/embedded
+#        --hours 3 --languages default    (the CPU demo's size)
+#        --hours 50 --languages all       (a larger corpus: every language eSpeak transcribes natively)
+#   2  your own corpus (optional): an Allosaurus/Kaldi-style directory with `wave` (utt_id path) and `text`
+#      (utt_id phones), or lhotse manifests, converted to Shar -> data/shar/<user-name>
+#        --user-data-dir /path/to/dir [--user-name mycorpus]
+#   3  IPAPack++ shards from the Hugging Face hub (optional; needs network)
+#        --ipapack-repo anyspeech/<repo-id> [--ipapack-patterns '*.jsonl.gz,*.tar']
+set -euo pipefail
+cd "$(dirname "$0")"
+
+stage=0
+stop_stage=100
+nj=2                      # parallel workers
+hours=3                   # training hours of the embedded corpus
+languages=default         # comma list of eSpeak language codes, "default" or "all"
+seed=42
+user_data_dir=""
+user_name=user
+ipapack_repo=""
+ipapack_patterns=""
+lang_dir=ipa_simplified
+shar_dir=data/shar
+python=${PYTHON:-python3}
+
+. shared/parse_options.sh || exit 1
+
+log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (prepare.sh:${BASH_LINENO[0]}) $*"; }
+
+if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
+  log "Stage 0: tokenizer -> $lang_dir"
+  $python local/prepare_lang.py --lang-dir "$lang_dir"
+fi
+
+if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
+  log "Stage 1: embedded eSpeak NG corpus ($hours h, languages: $languages) -> $shar_dir/embedded"
+  $python local/synthesize_corpus.py --out-dir "$shar_dir/embedded" --hours "$hours" \
+    --languages "$languages" --num-workers "$nj" --seed "$seed"
+fi
+
+if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+  if [ -n "$user_data_dir" ]; then
+    log "Stage 2: user corpus $user_data_dir -> $shar_dir/$user_name"
+    $python local/prepare_user_corpus.py --data-dir "$user_data_dir" --out-dir "$shar_dir/$user_name"
+  else
+    log "Stage 2: skipped (no --user-data-dir)"
+  fi
+fi
+
+if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
+  if [ -n "$ipapack_repo" ]; then
+    log "Stage 3: IPAPack++ shards from $ipapack_repo -> download/ipapack"
+    extra=()
+    [ -n "$ipapack_patterns" ] && extra=(--patterns "$ipapack_patterns")
+    $python local/download_ipapack.py --repo-id "$ipapack_repo" --out-dir download/ipapack "${extra[@]}"
+  else
+    log "Stage 3: skipped (no --ipapack-repo)"
+  fi
+fi
+log "Done."
