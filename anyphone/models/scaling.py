@@ -1,0 +1,629 @@
+"""Building blocks of the Zipformer: activations, BiasNorm, schedules and gradient-shaping modules.
+
+Everything here is plain PyTorch. The modules that only shape training (Balancer, Whiten, ScaleGrad,
+``limit_param_value``, ``penalize_abs_values_gt``, the dropouts) are exact identities in ``eval()``
+mode, so an inference forward pass reduces to linear layers, convolutions, SwooshL/SwooshR, BiasNorm
+and softmax.  Formulas follow the published Zipformer recipe (icefall ``zipformer/scaling.py``) so
+that ZIPA checkpoints load and compute the same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "PiecewiseLinear",
+    "ScheduledFloat",
+    "FloatLike",
+    "swoosh_l",
+    "swoosh_r",
+    "SwooshL",
+    "SwooshR",
+    "BiasNorm",
+    "Balancer",
+    "Whiten",
+    "ScaleGrad",
+    "limit_param_value",
+    "penalize_abs_values_gt",
+    "Dropout2",
+    "Dropout3",
+    "ActivationDropoutAndLinear",
+    "scaled_linear",
+    "scaled_conv2d",
+    "convert_num_channels",
+    "set_batch_count",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules
+# ---------------------------------------------------------------------------------------------
+
+
+class PiecewiseLinear:
+    """A piecewise-linear function of one float, given by (x, y) points sorted by x.
+
+    Outside the given range the first / last y is returned.
+    """
+
+    def __init__(self, *points: Tuple[float, float]) -> None:
+        if len(points) == 1 and isinstance(points[0], PiecewiseLinear):
+            points = tuple(points[0].points)
+        if not points:
+            raise ValueError("PiecewiseLinear: need at least one (x, y) point, got none")
+        self.points = [(float(x), float(y)) for x, y in points]
+        xs = [p[0] for p in self.points]
+        if any(b <= a for a, b in zip(xs, xs[1:])):
+            raise ValueError(f"PiecewiseLinear: x values must increase strictly, got {xs}")
+
+    def __call__(self, x: float) -> float:
+        pts = self.points
+        if x <= pts[0][0]:
+            return pts[0][1]
+        if x >= pts[-1][0]:
+            return pts[-1][1]
+        for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+            if x0 <= x <= x1:
+                return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+        raise AssertionError("unreachable")
+
+    def __repr__(self) -> str:
+        return f"PiecewiseLinear({self.points})"
+
+
+class ScheduledFloat(nn.Module):
+    """A float that follows a piecewise-linear schedule over the training batch count.
+
+    Use it as ``float(module.some_rate)``.  It is an ``nn.Module`` only so that ``model.eval()`` and
+    :func:`set_batch_count` reach it.  It returns ``default`` when not training or when no
+    ``batch_count`` has been set, so all schedules are off at inference.
+    """
+
+    def __init__(self, *points: Tuple[float, float], default: float = 0.0) -> None:
+        super().__init__()
+        self.batch_count: Optional[float] = None
+        self.name: Optional[str] = None
+        self.default = default
+        self.schedule = PiecewiseLinear(*points)
+
+    def extra_repr(self) -> str:
+        return f"batch_count={self.batch_count}, schedule={self.schedule.points}, default={self.default}"
+
+    def __float__(self) -> float:
+        if self.batch_count is None or not self.training:
+            return float(self.default)
+        return float(self.schedule(self.batch_count))
+
+
+FloatLike = Union[float, ScheduledFloat]
+
+
+def set_batch_count(model: nn.Module, batch_count: float) -> None:
+    """Tell every scheduled sub-module of ``model`` the current (adjusted) training batch count.
+
+    icefall-style training calls this every step; schedules (dropout, layer skipping, balancer
+    probabilities, whitening limits...) read it.  Also gives each module a ``name`` for logging.
+    """
+    if hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP wrapper
+        model = model.module
+    for name, module in model.named_modules():
+        if hasattr(module, "batch_count"):
+            module.batch_count = batch_count
+        if hasattr(module, "name"):
+            module.name = name
+
+
+# ---------------------------------------------------------------------------------------------
+# SwooshL / SwooshR
+# ---------------------------------------------------------------------------------------------
+
+# (shift, offset) of swoosh(x) = log(1 + exp(x - shift)) - 0.08 * x - offset
+_SWOOSH = {"SwooshL": (4.0, 0.035), "SwooshR": (1.0, 0.313261687)}
+_SWOOSH_SLOPE = 0.08
+
+
+def _swoosh_fwd(x: Tensor, kind: str) -> Tensor:
+    """Forward value in float32 with k2's formula (log1p(exp(x-s)), or x-s where that overflows)."""
+    shift, offset = _SWOOSH[kind]
+    xf = x.float()
+    z = xf - shift
+    soft = torch.log1p(torch.exp(z))
+    soft = torch.where(torch.isinf(soft), z, soft)
+    return soft - _SWOOSH_SLOPE * xf - offset
+
+
+def _swoosh_deriv(x: Tensor, kind: str) -> Tensor:
+    shift, _ = _SWOOSH[kind]
+    return torch.sigmoid(x.float() - shift) - _SWOOSH_SLOPE
+
+
+def swoosh_l(x: Tensor) -> Tensor:
+    """SwooshL(x) = log(1 + exp(x - 4)) - 0.08 x - 0.035, same shape and dtype as x."""
+    if x.requires_grad:
+        return _SwooshFunction.apply(x, "SwooshL")
+    return _swoosh_fwd(x, "SwooshL").to(x.dtype)
+
+
+def swoosh_r(x: Tensor) -> Tensor:
+    """SwooshR(x) = log(1 + exp(x - 1)) - 0.08 x - 0.313261687, same shape and dtype as x."""
+    if x.requires_grad:
+        return _SwooshFunction.apply(x, "SwooshR")
+    return _swoosh_fwd(x, "SwooshR").to(x.dtype)
+
+
+# The derivative of a swoosh lies in [-0.08, 0.92]; storing it in 8 bits with stochastic rounding
+# (unbiased) costs 1 byte per element instead of keeping the input around for backprop.
+_DERIV_LO, _DERIV_HI = -0.08, 0.925
+
+
+class _SwooshFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, kind: str) -> Tensor:
+        y = _swoosh_fwd(x, kind)
+        d = _swoosh_deriv(x, kind)
+        q = (d - _DERIV_LO) * (255.0 / (_DERIV_HI - _DERIV_LO)) + torch.rand_like(d)
+        ctx.save_for_backward(q.clamp_(0.0, 255.0).to(torch.uint8))
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, y_grad: Tensor):
+        (q,) = ctx.saved_tensors
+        d = q.to(y_grad.dtype) * ((_DERIV_HI - _DERIV_LO) / 255.0) + _DERIV_LO
+        return y_grad * d, None
+
+
+class SwooshL(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return swoosh_l(x)
+
+
+class SwooshR(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return swoosh_r(x)
+
+
+class _ActivationLinearFunction(torch.autograd.Function):
+    """swoosh -> dropout -> linear, storing only the input (the activation is recomputed)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, kind: str, dropout_p: float, shared_dim: Optional[int]):
+        mask = None
+        if dropout_p > 0.0:
+            shape = list(x.shape)
+            if shared_dim is not None:
+                shape[shared_dim] = 1
+            mask = (torch.rand(shape, device=x.device) > dropout_p).to(x.dtype) * (1.0 / (1.0 - dropout_p))
+        y = _swoosh_fwd(x, kind).to(x.dtype)
+        if mask is not None:
+            y = y * mask
+        ctx.kind = kind
+        ctx.save_for_backward(x, weight, bias, mask)
+        return F.linear(y, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        x, weight, bias, mask = ctx.saved_tensors
+        dt = g.dtype
+        y = _swoosh_fwd(x, ctx.kind).to(dt)
+        d = _swoosh_deriv(x, ctx.kind).to(dt)
+        if mask is not None:
+            y = y * mask.to(dt)
+            d = d * mask.to(dt)
+        out_dim, in_dim = weight.shape
+        g2 = g.reshape(-1, out_dim)
+        w_grad = torch.matmul(g2.t(), y.reshape(-1, in_dim)).to(weight.dtype)
+        b_grad = None if bias is None else g2.sum(dim=0).to(bias.dtype)
+        x_grad = (torch.matmul(g, weight.to(dt)) * d).to(x.dtype)
+        return x_grad, w_grad, b_grad, None, None, None
+
+
+class ActivationDropoutAndLinear(nn.Module):
+    """SwooshL/SwooshR, then (optionally time-shared) dropout, then a linear layer.
+
+    Parameters are ``weight`` (out, in) and ``bias`` (out,), as in ZIPA checkpoints.  In training it
+    uses a custom autograd function that keeps only the input for backprop.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        bias: bool = True,
+        activation: str = "SwooshL",
+        dropout_p: FloatLike = 0.0,
+        dropout_shared_dim: Optional[int] = -1,
+        initial_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if activation not in _SWOOSH:
+            raise ValueError(f"ActivationDropoutAndLinear: activation={activation!r}, expected SwooshL/SwooshR")
+        lin = scaled_linear(in_channels, out_channels, bias=bias, initial_scale=initial_scale)
+        self.weight = lin.weight
+        self.register_parameter("bias", lin.bias)
+        self.activation = activation
+        self.dropout_p = dropout_p
+        self.dropout_shared_dim = dropout_shared_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or not torch.is_grad_enabled():
+            y = _swoosh_fwd(x, self.activation).to(x.dtype)
+            return F.linear(y, self.weight, self.bias)
+        return _ActivationLinearFunction.apply(
+            x, self.weight, self.bias, self.activation, float(self.dropout_p), self.dropout_shared_dim
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalisation and initialisation helpers
+# ---------------------------------------------------------------------------------------------
+
+
+class BiasNorm(nn.Module):
+    """LayerNorm replacement: ``x * mean((x - bias)^2)^-0.5 * exp(log_scale)`` over ``channel_dim``.
+
+    The bias only enters the scale (it is not subtracted from the output); no epsilon.  In training,
+    ``log_scale`` is softly kept in [log_scale_min, log_scale_max] through its gradient.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        channel_dim: int = -1,
+        log_scale: float = 1.0,
+        log_scale_min: float = -1.5,
+        log_scale_max: float = 1.5,
+    ) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.channel_dim = channel_dim
+        self.log_scale = nn.Parameter(torch.tensor(log_scale))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.log_scale_min = log_scale_min
+        self.log_scale_max = log_scale_max
+
+    def forward(self, x: Tensor) -> Tensor:
+        cd = self.channel_dim if self.channel_dim >= 0 else self.channel_dim + x.ndim
+        bias = self.bias.reshape([-1] + [1] * (x.ndim - cd - 1))
+        log_scale = self.log_scale
+        if self.training:
+            log_scale = limit_param_value(log_scale, self.log_scale_min, self.log_scale_max)
+        scales = torch.mean((x - bias) ** 2, dim=cd, keepdim=True) ** -0.5 * log_scale.exp()
+        return x * scales
+
+
+def scaled_linear(*args, initial_scale: float = 1.0, **kwargs) -> nn.Linear:
+    """``nn.Linear`` whose initial weight is scaled by ``initial_scale`` and bias ~ U(+-0.1*scale)."""
+    lin = nn.Linear(*args, **kwargs)
+    _rescale_init(lin, initial_scale)
+    return lin
+
+
+def scaled_conv2d(*args, initial_scale: float = 1.0, **kwargs) -> nn.Conv2d:
+    """``nn.Conv2d`` with the same initial scaling as :func:`scaled_linear`."""
+    conv = nn.Conv2d(*args, **kwargs)
+    _rescale_init(conv, initial_scale)
+    return conv
+
+
+def _rescale_init(m: nn.Module, scale: float) -> None:
+    if m.weight.is_meta:
+        return
+    with torch.no_grad():
+        m.weight.mul_(scale)
+        if m.bias is not None:
+            nn.init.uniform_(m.bias, -0.1 * scale, 0.1 * scale)
+
+
+def convert_num_channels(x: Tensor, num_channels: int) -> Tensor:
+    """Truncate or zero-pad the last dim of x to ``num_channels``."""
+    c = x.shape[-1]
+    if num_channels <= c:
+        return x[..., :num_channels]
+    pad = x.new_zeros(*x.shape[:-1], num_channels - c)
+    return torch.cat((x, pad), dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropouts
+# ---------------------------------------------------------------------------------------------
+
+
+class Dropout2(nn.Module):
+    """Ordinary dropout whose rate may be a ScheduledFloat."""
+
+    def __init__(self, p: FloatLike) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return x
+        return F.dropout(x, p=float(self.p), training=True)
+
+
+class Dropout3(nn.Module):
+    """Dropout with a scheduled rate whose mask is shared along ``shared_dim`` (e.g. time)."""
+
+    def __init__(self, p: FloatLike, shared_dim: int) -> None:
+        super().__init__()
+        self.p = p
+        self.shared_dim = shared_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = float(self.p)
+        if not self.training or p == 0.0:
+            return x
+        shape = list(x.shape)
+        shape[self.shared_dim] = 1
+        mask = (torch.rand(shape, device=x.device) > p).to(x.dtype)
+        return x * mask * (1.0 / (1.0 - p))
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient-shaping modules (identity in the forward pass)
+# ---------------------------------------------------------------------------------------------
+
+
+class _ScaleGradFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: float) -> Tensor:
+        ctx.alpha = alpha
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        return g * ctx.alpha, None
+
+
+class ScaleGrad(nn.Module):
+    """Identity forward; multiplies the gradient by ``alpha`` (keeps early-layer grads in fp16 range)."""
+
+    def __init__(self, alpha: float) -> None:
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or not x.requires_grad:
+            return x
+        return _ScaleGradFunction.apply(x, self.alpha)
+
+
+class _LimitParamValueFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, lo: float, hi: float) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.lo, ctx.hi = lo, hi
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        (x,) = ctx.saved_tensors
+        # Below the range, force gradients negative (the optimizer then raises x); above it, positive.
+        g = torch.where((g > 0) & (x < ctx.lo), -g, g)
+        g = torch.where((g < 0) & (x > ctx.hi), -g, g)
+        return g, None, None
+
+
+def limit_param_value(x: Tensor, lo: float, hi: float, prob: float = 0.6, training: bool = True) -> Tensor:
+    """Identity forward; on a random ``prob`` of calls, flips gradients that would push x out of [lo, hi]."""
+    if training and x.requires_grad and random.random() < prob:
+        return _LimitParamValueFunction.apply(x, lo, hi)
+    return x
+
+
+class _WithLossFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor) -> Tensor:
+        ctx.y_shape = y.shape
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        return g, torch.ones(ctx.y_shape, dtype=g.dtype, device=g.device)
+
+
+def penalize_abs_values_gt(x: Tensor, limit: float, penalty: float) -> Tensor:
+    """Identity forward; adds ``penalty * relu(|x| - limit)`` to the loss through the gradient only."""
+    if not x.requires_grad:
+        return x
+    over = ((x.abs() - limit) > 0).to(torch.int8) * x.sign().to(torch.int8)
+    aux = penalty * (over * x)  # gradient w.r.t. x is penalty * sign(x) where |x| > limit
+    return _WithLossFunction.apply(x, aux)
+
+
+def _abs_to_rms(a: float) -> float:
+    # For Gaussian data E|x| = sqrt(2/pi) * rms.
+    return 1.25331413732 * a
+
+
+def _proportion_positive_to_mean(p: float) -> float:
+    # Rough inverse: P(x > 0) = p  <=>  mean / stddev = erfinv(2p - 1) * sqrt(2), approximated by atanh.
+    z = -1.0 + 2.0 * p
+    eps = 1.0e-10
+    atanh = (math.log(1 + z + eps) - math.log(1 - z + eps)) / 2.0
+    return 0.8139535143 * atanh
+
+
+class _BalancerFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, min_mean, max_mean, min_rms, max_rms, grad_scale, channel_dim) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.cfg = (min_mean, max_mean, min_rms, max_rms, grad_scale, channel_dim % x.ndim)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, x_grad: Tensor):
+        (x,) = ctx.saved_tensors
+        min_mean, max_mean, min_rms, max_rms, grad_scale, cd = ctx.cfg
+        try:
+            with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+                xf = x.detach().float().requires_grad_(True)
+                dims = [i for i in range(xf.ndim) if i != cd]
+                sq_mean = (xf**2).mean(dim=dims, keepdim=True)
+                mean = xf.mean(dim=dims, keepdim=True)
+                std = (sq_mean - mean * mean).clamp(min=1.0e-20).sqrt()
+                rms = sq_mean.clamp(min=1.0e-20).sqrt()
+                m = mean / std
+                loss_mean = (m - m.clamp(min=min_mean, max=max_mean)).abs()
+                loss_rms = (rms.clamp(min=min_rms, max=max_rms) / rms).log().abs()
+                (loss_mean + loss_rms).sum().backward()
+                lg = xf.grad
+                lg = lg * (grad_scale / (lg**2).mean(dim=dims, keepdim=True).sqrt().clamp(min=1.0e-20))
+                gf = x_grad.float()
+                # Scale the constraint gradient by |x_grad| elementwise: a noisy per-element magnitude.
+                x_grad = (gf + gf.abs() * lg).to(x_grad.dtype)
+        except Exception as e:  # never let a regulariser kill a training run
+            logging.warning(f"Balancer backward failed ({e}) for shape {list(x_grad.shape)}; gradient left as is")
+        return x_grad, None, None, None, None, None, None
+
+
+class Balancer(nn.Module):
+    """Identity forward; in training nudges gradients so each channel keeps its sign balance
+    (proportion positive in [min_positive, max_positive]) and magnitude (mean |x| in [min_abs, max_abs]).
+
+    Applied on a random ``prob`` of calls.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        channel_dim: int,
+        min_positive: FloatLike = 0.05,
+        max_positive: FloatLike = 0.95,
+        min_abs: FloatLike = 0.2,
+        max_abs: FloatLike = 100.0,
+        grad_scale: FloatLike = 0.04,
+        prob: Optional[FloatLike] = None,
+    ) -> None:
+        super().__init__()
+        if prob is None:
+            prob = ScheduledFloat((0.0, 0.5), (8000.0, 0.125), default=0.4)
+        self.prob = prob
+        self.num_channels = num_channels
+        self.channel_dim = channel_dim
+        self.min_positive = min_positive
+        self.max_positive = max_positive
+        self.min_abs = min_abs
+        self.max_abs = max_abs
+        self.grad_scale = grad_scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or not x.requires_grad or random.random() >= float(self.prob):
+            return x
+        return _BalancerFunction.apply(
+            x,
+            _proportion_positive_to_mean(float(self.min_positive)),
+            _proportion_positive_to_mean(float(self.max_positive)),
+            _abs_to_rms(float(self.min_abs)),
+            _abs_to_rms(float(self.max_abs)),
+            float(self.grad_scale),
+            self.channel_dim,
+        )
+
+
+def _whitening_metric(x: Tensor, num_groups: int) -> Tensor:
+    """>= 1; equals 1 when each group's centred covariance is a multiple of I (same for all groups)."""
+    x = x.reshape(-1, x.shape[-1])
+    n, c = x.shape
+    cpg = c // num_groups
+    x = x.reshape(n, num_groups, cpg).transpose(0, 1)
+    x = x - x.mean(dim=1, keepdim=True)
+    cov = torch.matmul(x.transpose(1, 2), x)  # (groups, cpg, cpg)
+    mean_diag = torch.diagonal(cov, dim1=1, dim2=2).mean()
+    mean_sq_diag = (cov**2).sum() / (num_groups * cpg)
+    return mean_sq_diag / (mean_diag**2 + 1.0e-20)
+
+
+class _WhitenFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, module: "Whiten") -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.module = module
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, x_grad: Tensor):
+        (x,) = ctx.saved_tensors
+        w: Whiten = ctx.module
+        try:
+            with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+                xf = x.detach().float().requires_grad_(True)
+                metric = _whitening_metric(xf, w.num_groups)
+                if metric < float(w.whitening_limit):
+                    w.prob = w.min_prob
+                    return x_grad, None
+                w.prob = w.max_prob
+                metric.backward()
+                pg = xf.grad
+                scale = float(w.grad_scale) * (x_grad.float().norm() / (pg.norm() + 1.0e-20))
+                return x_grad + (pg * scale).to(x_grad.dtype), None
+        except Exception as e:
+            logging.warning(f"Whiten backward failed ({e}) for shape {list(x_grad.shape)}; gradient left as is")
+        return x_grad, None
+
+
+class Whiten(nn.Module):
+    """Identity forward; in training adds a gradient that pushes the feature covariance of each
+    channel group towards a multiple of the identity once the whitening metric exceeds the limit.
+
+    Applied with probability ``prob`` (min_prob while satisfied, max_prob after a violation).
+    """
+
+    def __init__(
+        self,
+        num_groups: int,
+        whitening_limit: FloatLike,
+        prob: Union[float, Tuple[float, float]],
+        grad_scale: FloatLike,
+    ) -> None:
+        super().__init__()
+        self.num_groups = num_groups
+        self.whitening_limit = whitening_limit
+        self.grad_scale = grad_scale
+        if isinstance(prob, (int, float)):
+            prob = (float(prob), float(prob))
+        self.min_prob, self.max_prob = prob
+        self.prob = self.max_prob
+        self.name: Optional[str] = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (
+            not self.training
+            or not x.requires_grad
+            or float(self.grad_scale) == 0.0
+            or random.random() > self.prob
+        ):
+            return x
+        return _WhitenFunction.apply(x, self)
+
+
+def whitening_schedule(x: float, ratio: float = 2.0) -> ScheduledFloat:
+    """Whitening limit that starts at x and relaxes to ratio * x over 20k batches."""
+    return ScheduledFloat((0.0, x), (20000.0, ratio * x), default=x)
+
+
+def int_tuple(value: Union[int, str, Sequence[int]], n: Optional[int] = None, what: str = "value") -> Tuple[int, ...]:
+    """Parse ``"1,2, 3"`` / 3 / (1, 2, 3) into a tuple of ints; broadcast a single value to ``n``."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        try:
+            out = tuple(int(p) for p in parts)
+        except ValueError:
+            raise ValueError(f"{what}: cannot parse {value!r} as comma-separated integers") from None
+    elif isinstance(value, int):
+        out = (value,)
+    else:
+        out = tuple(int(v) for v in value)
+    if n is not None:
+        if len(out) == 1:
+            out = out * n
+        elif len(out) != n:
+            raise ValueError(f"{what}: got {len(out)} values {out}, expected 1 or {n}")
+    return out

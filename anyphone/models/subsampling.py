@@ -1,0 +1,154 @@
+"""Convolutional front end of the Zipformer: 100 Hz fbank in, 50 Hz embeddings out.
+
+Layout and parameter names match ZIPA checkpoints (``encoder_embed.conv.{0,4,7}``,
+``encoder_embed.convnext.*``, ``encoder_embed.out``, ``encoder_embed.out_norm``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .scaling import (
+    Balancer,
+    BiasNorm,
+    Dropout3,
+    FloatLike,
+    ScaleGrad,
+    ScheduledFloat,
+    SwooshL,
+    SwooshR,
+    Whiten,
+    scaled_conv2d,
+)
+
+__all__ = ["ConvNeXt", "Conv2dSubsampling"]
+
+
+class ConvNeXt(nn.Module):
+    """Residual ConvNeXt block on (N, C, T, F): depthwise 7x7, 1x1 up (x3), SwooshL, 1x1 down.
+
+    In training the residual branch is dropped for whole utterances with a scheduled rate.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        hidden_ratio: int = 3,
+        kernel_size: Tuple[int, int] = (7, 7),
+        layerdrop_rate: Optional[FloatLike] = None,
+    ) -> None:
+        super().__init__()
+        self.padding = ((kernel_size[0] - 1) // 2, (kernel_size[1] - 1) // 2)
+        hidden = channels * hidden_ratio
+        # per-utterance skipping of the whole block, strong early in training
+        self.layerdrop_rate = (
+            layerdrop_rate if layerdrop_rate is not None else ScheduledFloat((0.0, 0.2), (20000.0, 0.015))
+        )
+        self.depthwise_conv = nn.Conv2d(
+            channels, channels, kernel_size=kernel_size, groups=channels, padding=self.padding
+        )
+        self.pointwise_conv1 = nn.Conv2d(channels, hidden, kernel_size=1)
+        # keeps hidden activations from dying or exploding (gradient-only)
+        self.hidden_balancer = Balancer(
+            hidden, channel_dim=1, min_positive=0.3, max_positive=1.0, min_abs=0.75, max_abs=5.0
+        )
+        self.activation = SwooshL()
+        self.pointwise_conv2 = scaled_conv2d(hidden, channels, kernel_size=1, initial_scale=0.01)
+        # keeps the block output centred and of moderate size (gradient-only)
+        self.out_balancer = Balancer(
+            channels, channel_dim=1, min_positive=0.4, max_positive=0.6, min_abs=1.0, max_abs=6.0
+        )
+        # decorrelates output channels (gradient-only)
+        self.out_whiten = Whiten(num_groups=1, whitening_limit=5.0, prob=(0.025, 0.25), grad_scale=0.01)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (N, C, T, F) -> (N, C, T, F)."""
+        y = self.depthwise_conv(x)
+        y = self.pointwise_conv1(y)
+        y = self.hidden_balancer(y)
+        y = self.activation(y)
+        y = self.pointwise_conv2(y)
+        if self.training:
+            rate = float(self.layerdrop_rate)
+            if rate != 0.0:
+                keep = torch.rand((x.shape[0], 1, 1, 1), device=x.device) > rate
+                y = y * keep.to(y.dtype)
+        x = x + y
+        if self.training:
+            x = self.out_balancer(x)
+            x = self.out_whiten(x.transpose(1, 3)).transpose(1, 3)
+        return x
+
+
+class Conv2dSubsampling(nn.Module):
+    """(N, T, idim) fbank -> (N, (T - 7) // 2, odim) embeddings.
+
+    Three 3x3 convolutions (the second strides 2 in time and frequency, the third 2 in frequency),
+    a ConvNeXt block, a linear projection of the flattened (channels x freq) map, then BiasNorm.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        layer1_channels: int = 8,
+        layer2_channels: int = 32,
+        layer3_channels: int = 128,
+        dropout: FloatLike = 0.1,
+    ) -> None:
+        if in_channels < 7:
+            raise ValueError(f"Conv2dSubsampling: in_channels={in_channels}, expected >= 7")
+        super().__init__()
+        # Indices 0, 4 and 7 hold the convolutions (checkpoint names); the others hold no parameters.
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, layer1_channels, kernel_size=3, padding=(0, 1)),
+            # keeps first-layer gradients inside fp16 range under AMP
+            ScaleGrad(0.2),
+            Balancer(layer1_channels, channel_dim=1, max_abs=1.0),
+            SwooshR(),
+            nn.Conv2d(layer1_channels, layer2_channels, kernel_size=3, stride=2),
+            Balancer(layer2_channels, channel_dim=1, max_abs=4.0),
+            SwooshR(),
+            nn.Conv2d(layer2_channels, layer3_channels, kernel_size=3, stride=(1, 2)),
+            Balancer(layer3_channels, channel_dim=1, max_abs=4.0),
+            SwooshR(),
+        )
+        self.convnext = ConvNeXt(layer3_channels, kernel_size=(7, 7))
+        self.out_width = (((in_channels - 1) // 2) - 1) // 2
+        self.layer3_channels = layer3_channels
+        self.out = nn.Linear(self.out_width * layer3_channels, out_channels)
+        # decorrelates the embedding channels (gradient-only)
+        self.out_whiten = Whiten(
+            num_groups=1,
+            whitening_limit=ScheduledFloat((0.0, 4.0), (20000.0, 8.0), default=4.0),
+            prob=(0.025, 0.25),
+            grad_scale=0.02,
+        )
+        self.out_norm = BiasNorm(out_channels)
+        # dropout with a mask shared over time
+        self.dropout = Dropout3(dropout, shared_dim=1)
+
+    def forward(self, x: Tensor, x_lens: Tensor) -> Tuple[Tensor, Tensor]:
+        """x: (N, T, idim) zero-padded, x_lens: (N,) -> ((N, T', odim), (N,)) with T' = (T - 7) // 2.
+
+        Raises if T is not max(x_lens) + nothing, i.e. if the padded length is not max(x_lens)
+        (ZIPA asserts the same).
+        """
+        x = self.conv(x.unsqueeze(1))  # (N, C, T'', F')
+        x = self.convnext(x)
+        n, c, t, f = x.shape
+        x = x.transpose(1, 2).reshape(n, t, c * f)
+        x = self.out(x)
+        x = self.out_whiten(x)
+        x = self.out_norm(x)
+        x = self.dropout(x)
+        x_lens = torch.div(x_lens - 7, 2, rounding_mode="floor")
+        if x.shape[1] != int(x_lens.max()):
+            raise ValueError(
+                f"Conv2dSubsampling: output has {x.shape[1]} frames but max(x_lens) gives {int(x_lens.max())}; "
+                "the padded input length must equal max(x_lens)"
+            )
+        return x, x_lens
