@@ -1,0 +1,455 @@
+"""PhoneDataModule: Shar cut streams -> batches for phone recognition training and evaluation.
+
+Batches are dicts (see the project brief):
+
+* ``features`` (N, T, 80) float32 zero-padded and ``feature_lens`` (N,) int64, or with
+  ``--fbank-on-device`` ``audio`` (N, S) float32 zero-padded and ``audio_lens`` (N,) int64
+  (turn them into features with :class:`anyphone.data.fbank.FbankModule` on the device);
+* ``token_ids`` list[list[int]], ``texts`` list[str] (normalised IPA), ``cut_ids`` list[str],
+  ``languages`` list[str].
+
+The sampler (lhotse ``DynamicBucketingSampler``) runs in the main process and its batches of
+cuts (with their FLAC bytes) go to the dataloader workers, which apply augmentation and compute
+fbank. Keeping the sampler in the main process makes ``sampler.state_dict()`` an exact resume
+point and lets the sampler split batches across DDP ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from lhotse import CutSet
+from lhotse.dataset import DynamicBucketingSampler
+from torch.utils.data import DataLoader
+
+from anyphone.data.augment import NoiseAugment, SilenceAugment, SpecAugment, SpeedPerturb, VolumePerturb
+from anyphone.data.fbank import SAMPLE_RATE, compute_fbank, num_frames, pad_waves
+from anyphone.data.shar import open_shar, open_train_shars, parse_named_dir, parse_weighted_dir, shar_fields
+
+log = logging.getLogger(__name__)
+
+
+def str2bool(v: str | bool) -> bool:
+    """argparse type for booleans: True/False, yes/no, 1/0, t/f, y/n (any case)."""
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("true", "t", "yes", "y", "1"):
+        return True
+    if s in ("false", "f", "no", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (True/False/1/0), got {v!r}")
+
+
+def _snr_range(v: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(x) for x in v.replace(":", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--snr-range: expected LOW,HIGH in dB (e.g. 0,30), got {v!r}")
+    return (min(lo, hi), max(lo, hi))
+
+
+def encoder_output_frames(num_fbank_frames: int, output_downsampling_factor: int = 1) -> int:
+    """Encoder output length of the Zipformer for ``num_fbank_frames`` input frames.
+
+    Conv2dSubsampling gives ``(T - 7) // 2`` frames (50 Hz); the encoder then downsamples by
+    ``output_downsampling_factor`` rounding up: 1 for CR-CTC, 2 for the transducer
+    (``((T - 7) // 2 + 1) // 2``).
+    """
+    t = (num_fbank_frames - 7) // 2
+    f = output_downsampling_factor
+    return max(0, (t + f - 1) // f)
+
+
+def ctc_min_frames(token_ids: Sequence[int]) -> int:
+    """Frames CTC needs for a label sequence: one per token plus a blank between repeats."""
+    repeats = sum(1 for a, b in itertools.pairwise(token_ids) if a == b)
+    return len(token_ids) + repeats
+
+
+def _cut_text(cut: Any) -> str:
+    return "".join(s.text for s in cut.supervisions if s.text)
+
+
+def _cut_language(cut: Any) -> str:
+    for s in cut.supervisions:
+        if s.language:
+            return str(s.language)
+        if s.custom and s.custom.get("language"):
+            return str(s.custom["language"])
+    if cut.custom and cut.custom.get("language"):
+        return str(cut.custom["language"])
+    return ""
+
+
+def _normalize(text: str) -> str:
+    from anyphone.text.ipa import normalize_ipa
+
+    return normalize_ipa(text, remove_diacritics=True)
+
+
+class CutFilter:
+    """Keeps cuts with ``min_duration <= duration <= max_duration``, a single channel, and enough
+    encoder frames for CTC (``encoder_output_frames >= ctc_min_frames(tokens)``), evaluated at the
+    fastest speed-perturbation factor. Counts what it removes (in the process that iterates)."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        min_duration: float = 0.0,
+        max_duration: float = float("inf"),
+        output_downsampling_factor: int = 1,
+        max_speed: float = 1.0,
+        remove_diacritics: bool = False,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.min_duration, self.max_duration = min_duration, max_duration
+        self.factor = output_downsampling_factor
+        self.max_speed = max_speed
+        self.remove_diacritics = remove_diacritics
+        self.removed = {"duration": 0, "channels": 0, "too_many_tokens": 0}
+
+    def __call__(self, cut: Any) -> bool:
+        if not (self.min_duration <= cut.duration <= self.max_duration):
+            self.removed["duration"] += 1
+            return False
+        if cut.num_channels is not None and cut.num_channels != 1:
+            self.removed["channels"] += 1
+            return False
+        text = _cut_text(cut)
+        if self.remove_diacritics:
+            text = _normalize(text)
+        ids = self.tokenizer.encode([text])[0] if text else []
+        samples = round(cut.duration / self.max_speed * SAMPLE_RATE)
+        if encoder_output_frames(num_frames(samples), self.factor) < ctc_min_frames(ids):
+            self.removed["too_many_tokens"] += 1
+            if self.removed["too_many_tokens"] <= 5:
+                log.debug(f"cut {cut.id}: {len(ids)} tokens do not fit {cut.duration:.2f} s; removed")
+            return False
+        return True
+
+
+class PhoneDataset(torch.utils.data.Dataset):
+    """Maps a CutSet (one batch from the sampler) to the batch dict; runs in dataloader workers.
+
+    Steps: cut transforms (speed/volume) -> load audio (mono, 16 kHz) -> silence augmentation
+    (may empty transcripts) -> additive noise -> fbank (unless ``fbank_on_device``) ->
+    SpecAugment (only with features) -> token ids.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        cut_transforms: Sequence[Any] = (),
+        silence_augment: SilenceAugment | None = None,
+        noise_augment: NoiseAugment | None = None,
+        spec_augment: SpecAugment | None = None,
+        fbank_on_device: bool = False,
+        remove_diacritics: bool = False,
+    ) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.cut_transforms = list(cut_transforms)
+        self.silence_augment = silence_augment
+        self.noise_augment = noise_augment
+        self.spec_augment = spec_augment
+        self.fbank_on_device = fbank_on_device
+        self.remove_diacritics = remove_diacritics
+
+    def reseed(self, seed: int) -> None:
+        """Give every random transform its own stream derived from ``seed`` (per worker)."""
+        import random
+
+        for k, t in enumerate(
+            [*self.cut_transforms, self.silence_augment, self.noise_augment, self.spec_augment]
+        ):
+            if t is None:
+                continue
+            s = (seed * 1000003 + k) % (2**32)
+            if hasattr(t, "reseed"):
+                t.reseed(s)
+            elif hasattr(t, "rng"):
+                t.rng = random.Random(s)
+
+    @staticmethod
+    def _load(cut: Any) -> np.ndarray:
+        if cut.sampling_rate != SAMPLE_RATE:
+            cut = cut.resample(SAMPLE_RATE)
+        audio = cut.load_audio()  # (C, S)
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim == 2:
+            audio = audio.mean(axis=0) if audio.shape[0] > 1 else audio[0]
+        return audio
+
+    def __getitem__(self, cuts: CutSet) -> dict[str, Any]:
+        for t in self.cut_transforms:
+            cuts = t(cuts)
+        kept, waves = [], []
+        for cut in cuts:
+            try:
+                waves.append(self._load(cut))
+                kept.append(cut)
+            except Exception as e:  # noqa: BLE001 - one unreadable cut must not kill a long training run
+                log.warning(f"cut {cut.id}: cannot load audio ({type(e).__name__}: {e}); dropped from batch")
+        if not kept:
+            raise RuntimeError(f"no cut of the batch could be loaded (first id {next(iter(cuts)).id})")
+        texts = [_cut_text(c) for c in kept]
+        if self.remove_diacritics:
+            texts = [_normalize(t) for t in texts]
+        if self.silence_augment is not None:
+            waves, emptied = self.silence_augment(waves)
+            texts = ["" if e else t for t, e in zip(texts, emptied)]
+        if self.noise_augment is not None:
+            waves = self.noise_augment(waves)
+        batch: dict[str, Any] = {}
+        if self.fbank_on_device:
+            audio, audio_lens = pad_waves(waves)
+            batch["audio"], batch["audio_lens"] = audio, audio_lens
+        else:
+            feats, feat_lens = compute_fbank(waves)
+            if self.spec_augment is not None:
+                feats = self.spec_augment(feats, feat_lens)
+            batch["features"], batch["feature_lens"] = feats, feat_lens
+        batch["token_ids"] = self.tokenizer.encode(texts) if texts else []
+        batch["texts"] = texts
+        batch["cut_ids"] = [c.id for c in kept]
+        batch["languages"] = [_cut_language(c) for c in kept]
+        return batch
+
+
+class _WorkerInit:
+    """Reseeds each worker's augmentation from torch's per-worker seed (which differs per worker
+    and per epoch, and follows the main process RNG) and the DDP rank."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def __call__(self, worker_id: int) -> None:
+        info = torch.utils.data.get_worker_info()
+        seed = (torch.initial_seed() + 7919 * self.rank) % (2**32)
+        np.random.seed(seed)
+        if info is not None and hasattr(info.dataset, "reseed"):
+            info.dataset.reseed(seed)
+
+
+class PhoneDataModule:
+    """Train/dev/test dataloaders over Shar directories.
+
+    Args:
+      args: parsed arguments from :meth:`add_arguments`.
+      world_size, rank: DDP layout (default: from torch.distributed when initialised, else 1/0).
+        Train shards are split across ranks when every train directory has at least
+        ``world_size`` shards; otherwise the sampler splits batches across ranks.
+      output_downsampling_factor: encoder frame-rate divisor after the 50 Hz subsampling (1 for
+        CR-CTC, 2 for the transducer) used by the token-count filter; defaults to
+        ``args.output_downsampling_factor`` when present, else 1.
+    """
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        *,
+        world_size: int | None = None,
+        rank: int | None = None,
+        output_downsampling_factor: int | None = None,
+    ) -> None:
+        self.args = args
+        if world_size is None or rank is None:
+            dist_on = torch.distributed.is_available() and torch.distributed.is_initialized()
+            world_size = torch.distributed.get_world_size() if dist_on else 1
+            rank = torch.distributed.get_rank() if dist_on else 0
+        if not 0 <= rank < world_size:
+            raise ValueError(f"PhoneDataModule: rank={rank} must be in [0, world_size={world_size})")
+        self.world_size, self.rank = world_size, rank
+        if output_downsampling_factor is None:
+            output_downsampling_factor = int(getattr(args, "output_downsampling_factor", 1) or 1)
+        self.output_downsampling_factor = output_downsampling_factor
+        self.train_filter: CutFilter | None = None
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("data", "Shar inputs, batching, augmentation and features")
+        g.add_argument("--train-shar", action="append", default=[], metavar="DIR[:WEIGHT]",
+                       help="Training Shar directory with an optional sampling weight; repeatable.")
+        g.add_argument("--dev-shar", action="append", default=[], metavar="DIR",
+                       help="Validation Shar directory; repeatable (concatenated).")
+        g.add_argument("--test-shar", action="append", default=[], metavar="NAME=DIR",
+                       help="Named test Shar directory; repeatable.")
+        g.add_argument("--repeat-train", type=str2bool, default=False,
+                       help="Repeat every train source forever so the mux weights hold for the whole run "
+                       "(infinite epoch: stop training by step count). False: one pass per epoch.")
+        g.add_argument("--max-duration", type=float, default=600.0,
+                       help="Seconds of audio per batch (before speed perturbation).")
+        g.add_argument("--num-buckets", type=int, default=30, help="Duration buckets of the sampler.")
+        g.add_argument("--bucket-buffer-size", type=int, default=10000,
+                       help="Cuts the bucketing sampler holds (they carry their FLAC bytes in memory).")
+        g.add_argument("--shuffle-buffer-size", type=int, default=10000, help="Cuts in the shuffle buffer.")
+        g.add_argument("--shuffle", type=str2bool, default=True, help="Shuffle shards and cuts in training.")
+        g.add_argument("--drop-last", type=str2bool, default=True, help="Drop the last partial training batch.")
+        g.add_argument("--num-workers", type=int, default=2, help="Dataloader worker processes.")
+        g.add_argument("--min-duration", type=float, default=0.2, help="Drop training cuts shorter than this (s).")
+        g.add_argument("--max-duration-per-cut", type=float, default=30.0,
+                       help="Drop training cuts longer than this (s).")
+        g.add_argument("--speed-perturb", type=str2bool, default=True,
+                       help="Speed perturbation with factors 0.9/1.0/1.1 (training only).")
+        g.add_argument("--volume-perturb-prob", type=float, default=0.5,
+                       help="Probability of a random gain in [1/8, 2] (training only).")
+        g.add_argument("--noise-prob", type=float, default=0.3,
+                       help="Probability of additive noise per training utterance (0 disables).")
+        g.add_argument("--snr-range", type=_snr_range, default=(0.0, 30.0), metavar="LOW,HIGH",
+                       help="SNR range in dB for additive noise.")
+        g.add_argument("--noise-dir", type=str, default=None,
+                       help="Optional directory of wav/flac noise files or a noise Shar directory.")
+        g.add_argument("--silence-pad-prob", type=float, default=0.2,
+                       help="Probability of 0-0.5 s of silence added at both ends of an utterance.")
+        g.add_argument("--empty-prob", type=float, default=0.02,
+                       help="Probability of replacing an utterance by silence/noise with an empty transcript.")
+        g.add_argument("--enable-spec-aug", type=str2bool, default=False,
+                       help="SpecAugment in the data pipeline (off: the CR-CTC model does its own).")
+        g.add_argument("--spec-aug-time-warp-factor", type=int, default=80,
+                       help="Time warp of SpecAugment in frames (<1 disables).")
+        g.add_argument("--fbank-on-device", type=str2bool, default=False,
+                       help="Return padded audio; compute fbank in the training process with FbankModule.")
+        g.add_argument("--remove-diacritics", type=str2bool, default=False,
+                       help="Strip diacritics from transcripts (the no-diacritics ZIPA variants).")
+        g.add_argument("--seed", type=int, default=42, help="Seed for shard order, mux and sampler.")
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _arg(self, name: str, default: Any) -> Any:
+        return getattr(self.args, name, default)
+
+    def _dataset(self, tokenizer: Any, train: bool) -> PhoneDataset:
+        a = self.args
+        seed = int(self._arg("seed", 42))
+        if not train:
+            return PhoneDataset(tokenizer, fbank_on_device=a.fbank_on_device,
+                                remove_diacritics=a.remove_diacritics)
+        cut_transforms: list[Any] = []
+        if a.speed_perturb:
+            cut_transforms.append(SpeedPerturb((0.9, 1.0, 1.1), seed=seed))
+        if self._arg("volume_perturb_prob", 0.0) > 0:
+            cut_transforms.append(VolumePerturb(p=a.volume_perturb_prob, seed=seed + 1))
+        silence = None
+        if self._arg("silence_pad_prob", 0.0) > 0 or self._arg("empty_prob", 0.0) > 0:
+            silence = SilenceAugment(pad_prob=self._arg("silence_pad_prob", 0.0),
+                                     empty_prob=self._arg("empty_prob", 0.0), seed=seed + 2)
+        noise = None
+        if self._arg("noise_prob", 0.0) > 0:
+            noise = NoiseAugment(p=a.noise_prob, snr_range=tuple(a.snr_range),
+                                 noise_dir=self._arg("noise_dir", None), seed=seed + 3)
+        spec = None
+        if a.enable_spec_aug:
+            if a.fbank_on_device:
+                log.warning("--enable-spec-aug has no effect in the data module with --fbank-on-device; "
+                            "apply anyphone.data.augment.SpecAugment after FbankModule")
+            else:
+                spec = SpecAugment(time_warp=self._arg("spec_aug_time_warp_factor", 80), seed=seed + 4)
+        return PhoneDataset(tokenizer, cut_transforms=cut_transforms, silence_augment=silence,
+                            noise_augment=noise, spec_augment=spec, fbank_on_device=a.fbank_on_device,
+                            remove_diacritics=a.remove_diacritics)
+
+    def _loader(self, dataset: PhoneDataset, sampler: Any, num_workers: int) -> DataLoader:
+        return DataLoader(
+            dataset,
+            sampler=sampler,
+            batch_size=None,  # the sampler yields whole batches (CutSets)
+            num_workers=num_workers,
+            persistent_workers=False,
+            worker_init_fn=_WorkerInit(self.rank),
+        )
+
+    def _eval_sampler(self, cuts: CutSet) -> DynamicBucketingSampler:
+        return DynamicBucketingSampler(
+            cuts,
+            max_duration=self.args.max_duration,
+            num_buckets=self.args.num_buckets,
+            shuffle=False,
+            drop_last=False,
+            world_size=1,  # every rank evaluates the full dev/test set
+            rank=0,
+        )
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def train_cuts(self, tokenizer: Any) -> tuple[CutSet, bool]:
+        """The filtered training CutSet and whether its shards are already split by rank."""
+        a = self.args
+        if not a.train_shar:
+            raise ValueError("no training data: pass --train-shar DIR[:WEIGHT] at least once")
+        specs = [parse_weighted_dir(s) for s in a.train_shar]
+        split = self.world_size > 1 and all(len(shar_fields(d)["cuts"]) >= self.world_size for d, _ in specs)
+        cuts = open_train_shars(
+            specs,
+            seed=int(a.seed),
+            shuffle_shards=a.shuffle,
+            repeat=a.repeat_train,
+            rank=self.rank if split else 0,
+            world_size=self.world_size if split else 1,
+        )
+        self.train_filter = CutFilter(
+            tokenizer,
+            min_duration=a.min_duration,
+            max_duration=a.max_duration_per_cut,
+            output_downsampling_factor=self.output_downsampling_factor,
+            max_speed=1.1 if a.speed_perturb else 1.0,
+            remove_diacritics=a.remove_diacritics,
+        )
+        return cuts.filter(self.train_filter), split
+
+    def train_dataloader(self, tokenizer: Any, sampler_state_dict: dict | None = None) -> DataLoader:
+        """Training DataLoader; ``dl.sampler`` is the DynamicBucketingSampler (``state_dict()``,
+        ``set_epoch(epoch)``). Pass a saved ``sampler_state_dict`` to resume where it stopped."""
+        a = self.args
+        cuts, split = self.train_cuts(tokenizer)
+        sampler = DynamicBucketingSampler(
+            cuts,
+            max_duration=a.max_duration,
+            num_buckets=a.num_buckets,
+            shuffle=a.shuffle,
+            drop_last=a.drop_last,
+            buffer_size=self._arg("bucket_buffer_size", 10000),
+            shuffle_buffer_size=self._arg("shuffle_buffer_size", 10000),
+            world_size=1 if split else self.world_size,
+            rank=0 if split else self.rank,
+            seed=int(a.seed),
+        )
+        if sampler_state_dict is not None:
+            log.info("resuming the training sampler from its state dict")
+            sampler.load_state_dict(sampler_state_dict)
+        return self._loader(self._dataset(tokenizer, train=True), sampler, a.num_workers)
+
+    def dev_dataloader(self, tokenizer: Any) -> DataLoader:
+        """Validation DataLoader over all --dev-shar directories (no augmentation, full set on
+        every rank; cuts whose tokens cannot fit the encoder frames are removed)."""
+        a = self.args
+        if not a.dev_shar:
+            raise ValueError("no validation data: pass --dev-shar DIR")
+        sets = [open_shar(d) for d in a.dev_shar]
+        cuts = sets[0]
+        for more in sets[1:]:
+            cuts = cuts + more  # lazy concatenation
+        keep = CutFilter(tokenizer, output_downsampling_factor=self.output_downsampling_factor,
+                         remove_diacritics=a.remove_diacritics)
+        cuts = cuts.filter(keep)
+        return self._loader(self._dataset(tokenizer, train=False), self._eval_sampler(cuts),
+                            min(a.num_workers, 2))
+
+    def test_dataloaders(self, tokenizer: Any) -> dict[str, DataLoader]:
+        """One DataLoader per --test-shar NAME=DIR (no filtering, no augmentation)."""
+        out: dict[str, DataLoader] = {}
+        for spec in self.args.test_shar:
+            name, d = parse_named_dir(spec)
+            if name in out:
+                raise ValueError(f"--test-shar {spec!r}: test set name {name!r} given twice")
+            out[name] = self._loader(self._dataset(tokenizer, train=False),
+                                     self._eval_sampler(open_shar(d)), self.args.num_workers)
+        return out
