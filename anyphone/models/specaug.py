@@ -1,0 +1,112 @@
+"""SpecAugment on fbank batches, as tensors: time warp, frequency masks and time masks.
+
+CR-CTC applies it inside the model: the batch is time-warped once, duplicated, and each copy gets its own
+frequency and time masks, so the two views differ only in what was hidden (Yao et al., 2024, "CR-CTC").
+All functions take padded features (N, T, F) with lengths (N,) and never touch the padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class SpecAugmentConfig:
+    time_warp_factor: int = 80  # largest shift of the warp centre, in frames (lhotse's default)
+    num_freq_masks: int = 2
+    freq_mask_size: int = 27  # widest frequency mask, in bins
+    num_time_masks: int = 10
+    time_mask_size: int = 100  # widest time mask, in frames
+    max_time_mask_fraction: float = 0.15  # masks of one utterance cover at most this share of it (on average)
+    p: float = 0.9  # probability that an utterance is augmented at all
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SpecAugmentConfig:
+        return cls(**d)
+
+    @classmethod
+    def for_cr_ctc(cls, time_mask_ratio: float = 2.5) -> SpecAugmentConfig:
+        """CR-CTC hides more time than plain SpecAugment: masks scaled by --time-mask-ratio (2.5 in the paper)."""
+        return cls(
+            num_time_masks=int(10 * time_mask_ratio),
+            max_time_mask_fraction=0.15 * time_mask_ratio,
+        )
+
+
+def time_warp(x: torch.Tensor, x_lens: torch.Tensor, factor: int, p: float = 0.9) -> torch.Tensor:
+    """Stretch the part before a random centre and squeeze the part after it (or the reverse).
+
+    x: (N, T, F); x_lens: (N,). Returns a new tensor of the same shape; padding frames are left as they were.
+    """
+    if factor <= 0:
+        return x
+    out = x.clone()
+    lens = x_lens.tolist()
+    for i, length in enumerate(lens):
+        if length <= 2 * factor + 2 or torch.rand(()) > p:
+            continue  # too short to warp meaningfully
+        centre = int(torch.randint(factor, length - factor, ()))
+        new_centre = centre + int(torch.randint(-factor + 1, factor, ()))
+        seg = x[i, :length].t().unsqueeze(0)  # (1, F, length) for 1-D interpolation along time
+        left = F.interpolate(seg[:, :, :centre], size=new_centre, mode="linear", align_corners=False)
+        right = F.interpolate(seg[:, :, centre:], size=length - new_centre, mode="linear", align_corners=False)
+        out[i, :length] = torch.cat([left, right], dim=2)[0].t()
+    return out
+
+
+def _band_mask(n: int, size_axis: int, num_masks: int, max_width: torch.Tensor, device) -> torch.Tensor:
+    """Boolean (n, size_axis) mask that is True inside `num_masks` random bands per row.
+
+    max_width: (n,) widest band per row. Vectorised: draws all bands at once.
+    """
+    if num_masks <= 0:
+        return torch.zeros(n, size_axis, dtype=torch.bool, device=device)
+    width = (torch.rand(n, num_masks, device=device) * (max_width.unsqueeze(1).float() + 1)).long()
+    room = (size_axis - width).clamp(min=1)
+    start = (torch.rand(n, num_masks, device=device) * room.float()).long()
+    pos = torch.arange(size_axis, device=device).view(1, 1, -1)
+    inside = (pos >= start.unsqueeze(-1)) & (pos < (start + width).unsqueeze(-1))
+    return inside.any(dim=1)
+
+
+def mask_features(x: torch.Tensor, x_lens: torch.Tensor, cfg: SpecAugmentConfig) -> torch.Tensor:
+    """Independent frequency and time masks for every utterance (masked values set to 0, the fbank mean-ish).
+
+    x: (N, T, F) -> (N, T, F).
+    """
+    n, t, f = x.shape
+    device = x.device
+    apply = torch.rand(n, device=device) < cfg.p
+    freq_width = torch.full((n,), cfg.freq_mask_size, device=device)
+    freq = _band_mask(n, f, cfg.num_freq_masks, freq_width, device)  # (N, F)
+    # The time-mask width is bounded per utterance so short utterances are not wiped out.
+    per_mask_cap = (x_lens.to(device).float() * cfg.max_time_mask_fraction / max(cfg.num_time_masks, 1)).long()
+    time_width = per_mask_cap.clamp(max=cfg.time_mask_size)
+    tmask = _band_mask(n, t, cfg.num_time_masks, time_width, device)  # (N, T)
+    mask = (freq.unsqueeze(1) | tmask.unsqueeze(2)) & apply.view(n, 1, 1)
+    return x.masked_fill(mask, 0.0)
+
+
+class SpecAugment(torch.nn.Module):
+    """Time warp plus masks; `forward(x, x_lens)` -> augmented x, (N, T, F)."""
+
+    def __init__(self, cfg: SpecAugmentConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or SpecAugmentConfig()
+
+    def forward(self, x: torch.Tensor, x_lens: torch.Tensor) -> torch.Tensor:
+        x = time_warp(x, x_lens, self.cfg.time_warp_factor, self.cfg.p)
+        return mask_features(x, x_lens, self.cfg)
+
+    def two_views(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CR-CTC's pair: one shared warp, then independent masks. Returns (2N, T, F) and lengths (2N,)."""
+        x = time_warp(x, x_lens, self.cfg.time_warp_factor, self.cfg.p)
+        both = x.repeat(2, 1, 1)
+        both_lens = x_lens.repeat(2)
+        return mask_features(both, both_lens, self.cfg), both_lens

@@ -1,0 +1,82 @@
+"""Process-group set-up for one machine (mp.spawn with --world-size) or many (torchrun's rendezvous)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0  # global rank
+    local_rank: int = 0  # rank on this machine, picks the GPU
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    """torchrun (and torch.distributed.run) export these for every worker."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def init_distributed(rank: int, world_size: int, master_port: int = 12354) -> DistInfo:
+    """Join the process group: NCCL when every worker has a GPU, gloo on CPU.
+
+    Under torchrun the rank/world size/master address come from its environment (this is what makes
+    multi-node training work through its rendezvous); with mp.spawn we set a localhost rendezvous ourselves.
+    """
+    if launched_by_torchrun():
+        info = DistInfo(
+            rank=int(os.environ["RANK"]),
+            local_rank=int(os.environ["LOCAL_RANK"]),
+            world_size=int(os.environ["WORLD_SIZE"]),
+        )
+    else:
+        info = DistInfo(rank=rank, local_rank=rank, world_size=world_size)
+        if world_size > 1:
+            os.environ.setdefault("MASTER_ADDR", "localhost")
+            os.environ.setdefault("MASTER_PORT", str(master_port))
+    if info.world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
+    return info
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a few scalars over all ranks (no-op for one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_ranks_true(flag: bool, device: torch.device) -> bool:
+    """True only if `flag` holds on every rank, so all ranks take the same branch (skip a batch or not)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,497 @@
+"""The training loop shared by every recipe: explicit, top to bottom, no trainer framework.
+
+A recipe supplies a *task* (see `anyphone.training.tasks`): how to build the model from the arguments and how to
+turn a batch into a loss. Everything else lives here once: DDP (mp.spawn or torchrun; NCCL on GPU, gloo on CPU),
+fp16/bf16 autocast, gradient accumulation, ScaledAdam + Eden, the running model average, atomic checkpoints
+every --save-every-n batches, resume (explicit --start-batch or the newest checkpoint in --exp-dir), skipping
+non-finite losses, validation, TensorBoard/wandb/metrics.jsonl and a PNG of the curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from anyphone.training.dist import (
+    DistInfo,
+    all_ranks_true,
+    all_reduce_sum,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+    launched_by_torchrun,
+)
+from anyphone.training.monitor import Monitor, setup_logging
+
+log = logging.getLogger("anyphone.train")
+
+
+def str2bool(v: str | bool) -> bool:
+    """icefall-style booleans: --use-fp16 1, --use-fp16 True, --use-fp16 false ..."""
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "y", "t"):
+        return True
+    if s in ("0", "false", "no", "n", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false/1/0), got {v!r}")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("training (icefall names)")
+    g.add_argument("--world-size", type=int, default=1, help="Number of processes (GPUs, or CPU workers) for DDP.")
+    g.add_argument("--master-port", type=int, default=12354, help="Rendezvous port for --world-size > 1.")
+    g.add_argument("--exp-dir", type=Path, default=Path("exp"), help="Checkpoints, logs and curves go here.")
+    g.add_argument("--lang-dir", type=Path, default=Path("ipa_simplified"), help="Holds tokens.txt.")
+    g.add_argument("--num-epochs", type=int, default=30)
+    g.add_argument("--start-epoch", type=int, default=1, help="Resume from epoch-(N-1).pt when N > 1.")
+    g.add_argument(
+        "--start-batch",
+        type=int,
+        default=0,
+        help="Resume from checkpoint-N.pt in --exp-dir. With 0, the newest checkpoint-*.pt is used if "
+        "--auto-resume is true.",
+    )
+    g.add_argument("--auto-resume", type=str2bool, default=True, help="Resume from the newest checkpoint.")
+    g.add_argument("--init-from", type=Path, default=None,
+                   help="Fine-tune: initialise the weights from this checkpoint or ZIPA .pth (optimizer not loaded).")
+    g.add_argument("--base-lr", type=float, default=0.045)
+    g.add_argument("--lr-batches", type=float, default=7500, help="Eden: batches over which lr starts to decay.")
+    g.add_argument("--lr-epochs", type=float, default=3.5, help="Eden: epochs over which lr starts to decay.")
+    g.add_argument("--warmup-batches", type=float, default=500.0, help="Eden's linear warm-up from 0.5x.")
+    g.add_argument("--ref-duration", type=float, default=600,
+                   help="Seconds of audio in a reference batch; schedules count batches of this size.")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--use-fp16", type=str2bool, default=False, help="float16 autocast with a grad scaler.")
+    g.add_argument("--use-bf16", type=str2bool, default=False, help="bfloat16 autocast (no scaler needed).")
+    g.add_argument("--accum-grad", type=int, default=1, help="Batches per optimizer step.")
+    g.add_argument("--average-period", type=int, default=200, help="Update the averaged model every N batches.")
+    g.add_argument("--save-every-n", type=int, default=4000, help="Save checkpoint-N.pt every N batches.")
+    g.add_argument("--keep-last-k", type=int, default=30, help="Keep this many checkpoint-*.pt files.")
+    g.add_argument("--valid-interval", type=int, default=3000, help="Validate every N batches.")
+    g.add_argument("--log-interval", type=int, default=50)
+    g.add_argument("--max-batches", type=int, default=0, help="Stop after this many batches (0: no limit).")
+    g.add_argument("--max-minutes", type=float, default=0.0, help="Stop after this much wall time (0: no limit).")
+    g.add_argument("--max-bad-batches", type=int, default=20,
+                   help="Stop when this many batches in a row give a non-finite loss.")
+    g.add_argument("--tensorboard", type=str2bool, default=True)
+    g.add_argument("--wandb", type=str2bool, default=False, help="Log to wandb (offline unless configured).")
+    g.add_argument("--wandb-project", type=str, default="anyphone")
+    g.add_argument("--scan-pessimistic-batches", type=str2bool, default=True,
+                   help="On GPU, try the largest batches first so an out-of-memory shows up at once.")
+    g.add_argument("--num-threads", type=int, default=0, help="torch CPU threads per process (0: torch default).")
+    g.add_argument("--device", type=str, default="auto", help="auto, cpu or cuda.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def fix_random_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DDP) else model
+
+
+def adjusted_batch_count(batch_idx_train: int, args: argparse.Namespace) -> float:
+    """Zipformer's schedules (dropout, skip rates, balancer limits) count batches of --ref-duration seconds."""
+    return batch_idx_train * (args.max_duration * args.world_size * args.accum_grad) / args.ref_duration
+
+
+def set_batch_count(model: nn.Module, count: float) -> None:
+    for m in unwrap(model).modules():
+        if hasattr(m, "batch_count"):
+            m.batch_count = count
+
+
+def batch_seconds(batch: dict) -> float:
+    if "audio_lens" in batch:
+        return float(batch["audio_lens"].sum()) / 16000.0
+    return float(batch["feature_lens"].sum()) / 100.0
+
+
+def move_batch(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def autocast_context(args: argparse.Namespace, device: torch.device):
+    if args.use_fp16 or args.use_bf16:
+        dtype = torch.float16 if args.use_fp16 else torch.bfloat16
+        return torch.autocast(device_type=device.type, dtype=dtype)
+    return nullcontext()
+
+
+def resolve_device(args: argparse.Namespace, info: DistInfo) -> torch.device:
+    if args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", info.local_rank)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the loop
+
+
+class TrainState:
+    """Counters that checkpoints carry (plain ints/floats so torch.load(weights_only=True) can read them)."""
+
+    def __init__(self) -> None:
+        self.epoch = 1
+        self.batch_idx_train = 0  # optimizer-independent count of batches seen, over all epochs
+        self.bad_in_a_row = 0
+        self.bad_total = 0
+        self.best_valid_loss = math.inf
+        self.best_valid_err = math.inf
+        self.audio_seconds = 0.0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def load(self, d: dict) -> None:
+        for k, v in d.items():
+            if hasattr(self, k):
+                setattr(self, k, v)
+
+
+def run(args: argparse.Namespace, task: Any) -> None:
+    """Entry point for recipes: spawn --world-size processes, or run under torchrun, or run in-process."""
+    if launched_by_torchrun():
+        _worker(int(__import__("os").environ["RANK"]), args.world_size, args, task)
+    elif args.world_size > 1:
+        mp.spawn(_worker, args=(args.world_size, args, task), nprocs=args.world_size, join=True)
+    else:
+        _worker(0, 1, args, task)
+
+
+def _worker(rank: int, world_size: int, args: argparse.Namespace, task: Any) -> None:
+    info = init_distributed(rank, world_size, args.master_port)
+    args.world_size = info.world_size
+    try:
+        train(args, task, info)
+    finally:
+        cleanup_distributed()
+
+
+def train(args: argparse.Namespace, task: Any, info: DistInfo | None = None) -> TrainState:
+    from anyphone.data.module import PhoneDataModule
+    from anyphone.optim import Eden, ScaledAdam
+    from anyphone.text.tokenizer import IpaTokenizer
+    from anyphone.training import checkpoint as ckpt
+
+    info = info or DistInfo()
+    args.exp_dir = Path(args.exp_dir)
+    args.exp_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(args.exp_dir, info.rank)
+    if args.num_threads > 0:
+        torch.set_num_threads(args.num_threads)
+    device = resolve_device(args, info)
+    if args.use_fp16 and args.use_bf16:
+        raise SystemExit("choose one of --use-fp16 and --use-bf16")
+    log.info("Training %s on %s, world size %d", task.name, device, info.world_size)
+    log.info("Arguments: %s", {k: str(v) for k, v in sorted(vars(args).items())})
+
+    fix_random_seed(args.seed + info.rank)
+    tokenizer = IpaTokenizer.from_dir(args.lang_dir)
+    model = task.build_model(args, tokenizer)
+    num_params = sum(p.numel() for p in model.parameters())
+    log.info("Model %s: %s parameters", type(model).__name__, f"{num_params:,}")
+
+    if args.init_from is not None:
+        _init_weights_from(model, args.init_from)
+
+    state = TrainState()
+    resume_path = _find_resume_checkpoint(args, ckpt)
+    model_avg = copy.deepcopy(model).to(torch.float64) if info.is_main else None
+
+    model.to(device)
+    # named parameters so the optimizer's warnings can name a tensor whose gradient is not finite
+    optimizer = ScaledAdam(
+        [(n, p) for n, p in model.named_parameters() if p.requires_grad], lr=args.base_lr, clipping_scale=2.0
+    )
+    scheduler = Eden(optimizer, args.lr_batches, args.lr_epochs, warmup_batches=args.warmup_batches)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.use_fp16)
+
+    sampler_state = None
+    if resume_path is not None:
+        log.info("Resuming from %s", resume_path)
+        saved = ckpt.load_checkpoint(
+            resume_path, model=model, model_avg=model_avg, optimizer=optimizer, scheduler=scheduler, scaler=scaler
+        )
+        state.load(saved.get("train_state", {}))
+        sampler_state = saved.get("sampler")
+        if saved.get("rng") is not None:
+            ckpt.restore_rng_state(saved["rng"])
+        log.info("Resumed at epoch %d, batch %d", state.epoch, state.batch_idx_train)
+    elif args.start_epoch > 1:
+        state.epoch = args.start_epoch
+
+    train_model: nn.Module = model
+    if info.enabled:
+        # Zipformer skips layers at random while training, so some parameters get no gradient in a step.
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                          find_unused_parameters=True)
+
+    datamodule = PhoneDataModule(args)
+    train_dl = datamodule.train_dataloader(tokenizer, sampler_state_dict=sampler_state)
+    dev_dl = datamodule.dev_dataloader(tokenizer) if getattr(args, "dev_shar", None) else None
+
+    monitor = Monitor(args.exp_dir, info.is_main, args.tensorboard, args.wandb_project if args.wandb else None,
+                      {k: str(v) for k, v in vars(args).items()})
+    if device.type == "cuda" and args.scan_pessimistic_batches and resume_path is None:
+        _scan_pessimistic_batches(train_model, train_dl, task, args, device, optimizer)
+
+    start_time = time.time()
+    stop = False
+    try:
+        while state.epoch <= args.num_epochs and not stop:
+            scheduler.step_epoch(state.epoch - 1)
+            fix_random_seed(args.seed + state.epoch + 1000 * info.rank)
+            if hasattr(train_dl.sampler, "set_epoch") and sampler_state is None:
+                train_dl.sampler.set_epoch(state.epoch - 1)
+            sampler_state = None  # only the first epoch after a resume continues mid-way
+            stop = _train_one_epoch(
+                args, task, info, device, train_model, model_avg, optimizer, scheduler, scaler,
+                train_dl, dev_dl, monitor, state, start_time, ckpt,
+            )
+            if not stop:
+                if info.is_main:
+                    ckpt.save_checkpoint(
+                        args.exp_dir / f"epoch-{state.epoch}.pt", model=model, model_avg=model_avg,
+                        optimizer=optimizer, scheduler=scheduler, scaler=scaler, sampler=None,
+                        params={"train_state": _next_epoch_state(state)},
+                    )
+                state.epoch += 1
+        # the newest state always ends up on disk, so nothing done is lost when the run stops early
+        if info.is_main:
+            _save_batch_checkpoint(args, state, model, model_avg, optimizer, scheduler, scaler, train_dl, ckpt)
+    finally:
+        if info.is_main:
+            png = monitor.plot()
+            if png is not None:
+                log.info("Training curves: %s", png)
+        monitor.close()
+    log.info("Done: %d batches, %.0f s of audio, %d skipped non-finite batches", state.batch_idx_train,
+             state.audio_seconds, state.bad_total)
+    return state
+
+
+def _next_epoch_state(state: TrainState) -> dict:
+    d = state.to_dict()
+    d["epoch"] = state.epoch + 1
+    return d
+
+
+def _find_resume_checkpoint(args, ckpt) -> Path | None:
+    if args.start_batch > 0:
+        path = args.exp_dir / f"checkpoint-{args.start_batch}.pt"
+        if not path.is_file():
+            raise SystemExit(f"--start-batch {args.start_batch}: {path} does not exist")
+        return path
+    if args.start_epoch > 1:
+        path = args.exp_dir / f"epoch-{args.start_epoch - 1}.pt"
+        if not path.is_file():
+            raise SystemExit(f"--start-epoch {args.start_epoch}: {path} does not exist")
+        return path
+    if args.auto_resume:
+        return ckpt.latest_checkpoint(args.exp_dir)
+    return None
+
+
+def _init_weights_from(model: nn.Module, path: Path) -> None:
+    from anyphone.inference.hub import load_state_dict
+
+    sd = load_state_dict(path)
+    if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
+        sd = sd["model"]
+    own = model.state_dict()
+    usable = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(sd) - set(usable))
+    missing = sorted(set(own) - set(usable))
+    model.load_state_dict(usable, strict=False)
+    log.info("Initialised %d tensors from %s (%d skipped: shape or name differs; %d left as initialised)",
+             len(usable), path, len(skipped), len(missing))
+    if skipped:
+        log.info("Not loaded from %s: %s", path, ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
+
+
+def _save_batch_checkpoint(args, state, model, model_avg, optimizer, scheduler, scaler, train_dl, ckpt) -> None:
+    path = args.exp_dir / f"checkpoint-{state.batch_idx_train}.pt"
+    sampler = train_dl.sampler if hasattr(train_dl.sampler, "state_dict") else None
+    ckpt.save_checkpoint(
+        path, model=model, model_avg=model_avg, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+        sampler=sampler, params={"train_state": state.to_dict()},
+    )
+    ckpt.remove_old_checkpoints(args.exp_dir, args.keep_last_k)
+    log.info("Saved %s", path)
+
+
+def _train_one_epoch(
+    args, task, info, device, train_model, model_avg, optimizer, scheduler, scaler,
+    train_dl, dev_dl, monitor, state: TrainState, start_time: float, ckpt,
+) -> bool:
+    """Returns True when training must stop (limits reached or too many bad batches)."""
+    model = unwrap(train_model)
+    model.train()
+    tot = {"loss": 0.0, "frames": 0.0}
+    terms: dict[str, float] = {}
+    window_start, window_audio = time.time(), 0.0
+    for batch_in_epoch, batch in enumerate(train_dl):
+        state.batch_idx_train += 1
+        set_batch_count(model, adjusted_batch_count(state.batch_idx_train, args))
+        batch = move_batch(batch, device)
+        last_in_step = state.batch_idx_train % args.accum_grad == 0
+        sync = nullcontext() if (last_in_step or not info.enabled) else train_model.no_sync()
+        with sync:
+            with autocast_context(args, device):
+                loss, loss_info = task.compute_loss(train_model, batch, args, state.batch_idx_train, True)
+            finite = all_ranks_true(bool(torch.isfinite(loss).item()), device)
+            if finite:
+                scaler.scale(loss / args.accum_grad).backward()
+            elif info.enabled:
+                # Every rank must still join the gradient all-reduce: back-propagate an exact zero instead.
+                zero = sum((p * 0.0).sum() for p in train_model.parameters())
+                zero.backward()
+        if not finite:
+            state.bad_in_a_row += 1
+            state.bad_total += 1
+            optimizer.zero_grad(set_to_none=True)
+            log.warning("Batch %d: non-finite loss (%s), skipped (%d in a row, %d in all); cuts: %s",
+                        state.batch_idx_train, loss.item(), state.bad_in_a_row, state.bad_total,
+                        ", ".join(batch.get("cut_ids", [])[:5]))
+            if state.bad_in_a_row >= args.max_bad_batches:
+                raise RuntimeError(
+                    f"{state.bad_in_a_row} batches in a row gave a non-finite loss (last at batch "
+                    f"{state.batch_idx_train}); stopping. Try a lower --base-lr, --use-fp16 0, or check the data."
+                )
+            continue
+        state.bad_in_a_row = 0
+        if last_in_step:
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step_batch(state.batch_idx_train)
+
+        secs = batch_seconds(batch)
+        state.audio_seconds += secs * info.world_size
+        window_audio += secs
+        tot["loss"] += float(loss.detach())
+        tot["frames"] += float(loss_info["frames"])
+        for k, v in loss_info.items():
+            if k.endswith("_loss"):
+                terms[k] = terms.get(k, 0.0) + float(v)
+
+        if info.is_main and state.batch_idx_train % args.average_period == 0:
+            ckpt.update_averaged_model(model, model_avg, args.average_period, state.batch_idx_train)
+
+        if state.batch_idx_train % args.log_interval == 0:
+            elapsed = time.time() - window_start
+            throughput = window_audio * info.world_size / max(elapsed, 1e-9)
+            loss_pf = tot["loss"] / max(tot["frames"], 1.0)
+            lr = scheduler.get_last_lr()[0]
+            scale = f", grad scale {scaler.get_scale():.1f}" if args.use_fp16 else ""
+            extra = ", ".join(f"{k} {v / max(tot['frames'], 1.0):.4f}" for k, v in terms.items())
+            log.info(
+                "Epoch %d, batch %d: loss %.4f per frame (%s), lr %.2e%s, %.0f s of audio per second, "
+                "%.1f min elapsed",
+                state.epoch, state.batch_idx_train, loss_pf, extra, lr, scale, throughput,
+                (time.time() - start_time) / 60,
+            )
+            monitor.log("train", state.batch_idx_train,
+                        {"loss": loss_pf, "lr": lr, "audio_per_sec": throughput,
+                         **{k: v / max(tot["frames"], 1.0) for k, v in terms.items()}})
+            tot = {"loss": 0.0, "frames": 0.0}
+            terms = {}
+            window_start, window_audio = time.time(), 0.0
+
+        if dev_dl is not None and state.batch_idx_train % args.valid_interval == 0:
+            validate(args, task, info, device, train_model, dev_dl, monitor, state)
+            model.train()
+
+        if info.is_main and state.batch_idx_train % args.save_every_n == 0:
+            _save_batch_checkpoint(args, state, model, model_avg, optimizer, scheduler, scaler, train_dl, ckpt)
+        if args.save_every_n > 0 and state.batch_idx_train % args.save_every_n == 0:
+            barrier()
+
+        out_of_batches = args.max_batches > 0 and state.batch_idx_train >= args.max_batches
+        out_of_time = args.max_minutes > 0 and (time.time() - start_time) / 60 >= args.max_minutes
+        if all_ranks_true(not (out_of_batches or out_of_time), device) is False:
+            log.info("Stopping: %s", "--max-batches reached" if out_of_batches else "--max-minutes reached")
+            if dev_dl is not None and state.batch_idx_train % args.valid_interval != 0:
+                validate(args, task, info, device, train_model, dev_dl, monitor, state)
+            return True
+    return False
+
+
+@torch.no_grad()
+def validate(args, task, info, device, train_model, dev_dl, monitor, state) -> dict[str, float]:
+    """Loss per frame and token error rate (greedy) on the dev set, summed over ranks."""
+    import kaldialign
+
+    model = unwrap(train_model)
+    model.eval()
+    tot_loss = tot_frames = errs = ref_len = 0.0
+    for batch in dev_dl:
+        batch = move_batch(batch, device)
+        with autocast_context(args, device):
+            loss, loss_info = task.compute_loss(model, batch, args, state.batch_idx_train, False)
+        if torch.isfinite(loss):
+            tot_loss += float(loss)
+            tot_frames += float(loss_info["frames"])
+        hyps = task.greedy_decode(model, batch)
+        for ref, hyp in zip(batch["token_ids"], hyps):
+            errs += kaldialign.edit_distance(ref, hyp)["total"]
+            ref_len += len(ref)
+    tot_loss, tot_frames, errs, ref_len = all_reduce_sum([tot_loss, tot_frames, errs, ref_len], device)
+    result = {"loss": tot_loss / max(tot_frames, 1.0), "err_rate": 100.0 * errs / max(ref_len, 1.0)}
+    state.best_valid_loss = min(state.best_valid_loss, result["loss"])
+    state.best_valid_err = min(state.best_valid_err, result["err_rate"])
+    log.info("Validation at batch %d: loss %.4f per frame, token error rate %.2f%% (best %.2f%%)",
+             state.batch_idx_train, result["loss"], result["err_rate"], state.best_valid_err)
+    monitor.log("valid", state.batch_idx_train, result)
+    if info.is_main:
+        monitor.plot()
+    return result
+
+
+def _scan_pessimistic_batches(train_model, train_dl, task, args, device, optimizer) -> None:
+    """Run forward+backward on the longest and the most numerous batches before training starts (GPU only), so
+    an out-of-memory error appears in the first minute with advice instead of hours into the run."""
+    from lhotse.dataset import find_pessimistic_batches
+
+    sampler = train_dl.sampler
+    try:
+        batches, crit = find_pessimistic_batches(sampler)
+    except (TypeError, ValueError, NotImplementedError, AttributeError) as e:
+        # lazily opened Shar sets cannot always be scanned ahead
+        log.info("Skipping the pessimistic batch scan: %s", e)
+        return
+    for name, cuts in batches.items():
+        batch = move_batch(train_dl.dataset[cuts], device)
+        try:
+            with autocast_context(args, device):
+                loss, _ = task.compute_loss(train_model, batch, args, 0, True)
+            loss.backward()
+            optimizer.zero_grad(set_to_none=True)
+        except torch.OutOfMemoryError:
+            raise SystemExit(
+                f"Out of GPU memory on the pessimistic batch '{name}' ({crit[name]}); lower --max-duration"
+            ) from None
+    if device.type == "cuda":
+        log.info("Pessimistic batches fit: peak memory %.1f GiB", torch.cuda.max_memory_allocated() / 2**30)

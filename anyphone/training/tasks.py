@@ -1,0 +1,138 @@
+"""Tasks: what differs between recipes (model, loss, greedy decoding) behind one small interface.
+
+The training loop (`anyphone.training.loop`) and the decode service (`anyphone.decoding.run`) call:
+  task.name, task.output_downsampling_factor
+  task.add_arguments(parser)
+  task.build_model(args, tokenizer) -> nn.Module
+  task.compute_loss(model, batch, args, batch_idx_train, is_training) -> (loss, info with "frames" and *_loss)
+  task.greedy_decode(model, batch) -> list[list[int]]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+from anyphone.training.loop import str2bool
+
+
+def _model_forward(model: nn.Module, x: torch.Tensor, x_lens: torch.Tensor):
+    """Call through the (possibly DDP-wrapped) module so DDP sees the forward and syncs gradients."""
+    return model(x, x_lens)
+
+
+class CrCtcTask:
+    """Zipformer + CTC head, optionally with consistency regularisation (CR-CTC), 50 Hz output."""
+
+    name = "crctc"
+    output_downsampling_factor = 1
+    default_decoding_method = "ctc-greedy-search"
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("CTC / CR-CTC")
+        g.add_argument("--use-cr-ctc", type=str2bool, default=True, help="Consistency-regularised CTC.")
+        g.add_argument("--cr-loss-scale", type=float, default=0.15, help="Weight of the CR (KL) term (ZIPA).")
+        g.add_argument("--cr-warmup-batches", type=int, default=400,
+                       help="Ramp the CR weight in linearly over this many batches.")
+        g.add_argument("--ctc-loss-scale", type=float, default=1.0)
+        g.add_argument("--time-mask-ratio", type=float, default=2.5,
+                       help="CR-CTC scales SpecAugment's time masks by this (2.5 in the CR-CTC paper).")
+        g.add_argument("--enable-model-spec-aug", type=str2bool, default=True,
+                       help="SpecAugment inside the model (CR-CTC's two views, or one view for plain CTC).")
+        g.add_argument("--use-unsup-cr-ctc", type=str2bool, default=False,
+                       help="Cuts marked unsupervised (unlabelled shards) get only the CR term, no CTC.")
+        g.add_argument("--unsup-cr-ctc-loss-scale", type=float, default=0.5)
+
+    @staticmethod
+    def build_model(args: argparse.Namespace, tokenizer) -> nn.Module:
+        from anyphone.models.ctc import CtcModel
+        from anyphone.models.presets import config_from_args
+
+        cfg = config_from_args(args, output_downsampling_factor=1)
+        return CtcModel(cfg, vocab_size=tokenizer.vocab_size)
+
+    def __init__(self) -> None:
+        self._spec_aug = None
+
+    def _specaug(self, args):
+        if self._spec_aug is None:
+            from anyphone.models.specaug import SpecAugment, SpecAugmentConfig
+
+            cfg = (SpecAugmentConfig.for_cr_ctc(args.time_mask_ratio) if args.use_cr_ctc
+                   else SpecAugmentConfig())
+            self._spec_aug = SpecAugment(cfg)
+        return self._spec_aug
+
+    def compute_loss(self, model, batch: dict, args, batch_idx_train: int, is_training: bool):
+        from anyphone.losses.crctc import cr_consistency_loss, cr_loss_scale_at, ctc_loss
+
+        x, x_lens = batch["features"], batch["feature_lens"]
+        targets: list[list[int]] = batch["token_ids"]
+        n = len(targets)
+        use_cr = args.use_cr_ctc and is_training
+        if is_training and args.enable_model_spec_aug:
+            aug = self._specaug(args)
+            if use_cr:
+                x, x_lens = aug.two_views(x, x_lens)
+            else:
+                x = aug(x, x_lens)
+        elif use_cr:
+            x, x_lens = x.repeat(2, 1, 1), x_lens.repeat(2)
+        log_probs, out_lens = _model_forward(model, x, x_lens)
+        info: dict[str, float] = {}
+        # --use-unsup-cr-ctc: cuts marked unsupervised (unlabelled shards) get no CTC term, only consistency,
+        # weighted by --unsup-cr-ctc-loss-scale
+        unsup = list(batch.get("unsupervised", [False] * n)) if args.use_unsup_cr_ctc else [False] * n
+        if use_cr:
+            rows = [not u for u in unsup] * 2
+            keep = torch.tensor(rows, device=log_probs.device)
+            kept_targets = [t for t, ok in zip(targets + targets, rows) if ok]
+            ctc = ctc_loss(log_probs[keep], out_lens[keep], kept_targets) * 0.5 if any(rows) else log_probs.sum() * 0
+            weights = torch.tensor([args.unsup_cr_ctc_loss_scale if u else 1.0 for u in unsup] * 2)
+            cr = cr_consistency_loss(log_probs, out_lens, weights) * 0.5
+            cr_scale = cr_loss_scale_at(batch_idx_train, args.cr_loss_scale, args.cr_warmup_batches)
+            loss = args.ctc_loss_scale * ctc + cr_scale * cr
+            info["ctc_loss"] = float(ctc.detach())
+            info["cr_loss"] = float(cr.detach())
+            frames = float(out_lens[:n].sum())
+        else:
+            ctc = ctc_loss(log_probs, out_lens, targets)
+            loss = args.ctc_loss_scale * ctc
+            info["ctc_loss"] = float(ctc.detach())
+            frames = float(out_lens.sum())
+        info["frames"] = frames
+        return loss, info
+
+    @staticmethod
+    @torch.no_grad()
+    def greedy_decode(model, batch: dict) -> list[list[int]]:
+        from anyphone.decoding.ctc import ctc_greedy_search
+
+        log_probs, out_lens = model(batch["features"], batch["feature_lens"])
+        return ctc_greedy_search(log_probs, out_lens)
+
+    @staticmethod
+    @torch.no_grad()
+    def decode(model, batch: dict, args) -> list[list[int]]:
+        from anyphone.decoding.ctc import ctc_greedy_search, ctc_prefix_beam_search
+
+        log_probs, out_lens = model(batch["features"], batch["feature_lens"])
+        if args.decoding_method == "ctc-greedy-search":
+            return ctc_greedy_search(log_probs, out_lens)
+        if args.decoding_method == "ctc-prefix-beam-search":
+            return ctc_prefix_beam_search(log_probs, out_lens, beam=args.beam_size)
+        raise SystemExit(f"--decoding-method {args.decoding_method}: CR-CTC models decode with "
+                         "ctc-greedy-search or ctc-prefix-beam-search")
+
+
+TASKS = {"crctc": CrCtcTask}
+
+
+def get_task(name: str):
+    try:
+        return TASKS[name]()
+    except KeyError:
+        raise SystemExit(f"unknown task {name!r}; expected one of {sorted(TASKS)}") from None
