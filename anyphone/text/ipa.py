@@ -144,7 +144,10 @@ _RETROFLEX_FLAP_FIXES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"r\."), "ɽ"),  # hi, mr, bn, ur, ...: 'r.' is the retroflex flap (ड़ ড়)
 ]
 _KO_FIXES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"(?<=[ptk])-"), "\u031a"),  # 'it-': unreleased final stop
+    (re.compile(r"(?<=[ptkqʃɕ])h"), "ʰ"),  # aspirated stops/affricates spelled with a plain h ('tʃhˈɐ')
+    (re.compile(r"q"), "k"),  # ko has no uvular: 'q' is eSpeak's mnemonic for (tense / final) k
+    # the '-' after a consonant marks a tense (fortis) consonant ('p-ˈɐŋ'); no inventory symbol holds
+    # tenseness, so it is dropped with the other '-'
 ]
 _VOICE_FIXES: dict[str, list[tuple[re.Pattern[str], str]]] = {
     "cmn": _CMN_FIXES,
@@ -169,7 +172,7 @@ ESPEAK_VOICE_NOTES: dict[str, str] = {
     " avoid for training labels",
     "th": "Thai script is read letter by letter (no word segmentation); aspiration as 'h': avoid",
     "vi": "tones as digits; some vowels as 'e-' (hyphen dropped)",
-    "ko": "unreleased final stops written 't-': repaired by lang='ko'",
+    "ko": "aspiration as 'h', k as 'q', tense consonants as 'p-': repaired by lang='ko' (tenseness dropped)",
     "hi": "retroflex flap written 'r.': repaired by lang='hi' (also mr, bn, ur, ne, pa, gu, as, or)",
 }
 
