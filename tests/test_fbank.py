@@ -37,7 +37,7 @@ def test_batch_matches_reference(ref):
 def test_single_matches_reference_and_numpy_input(ref):
     for i in (0, 1):
         wave = ref[f"wave_{i}"].numpy()
-        feats, lens = compute_fbank([wave])
+        feats, _lens = compute_fbank([wave])
         torch.testing.assert_close(feats[0], ref[f"fbank_{i}_single"], atol=ATOL, rtol=0)
     # batched extraction zero-pads the wave first: only the last frames of the short item differ
     batch_vs_single = (ref["fbank_1"] - ref["fbank_1_single"]).abs().amax(dim=1)

@@ -473,8 +473,8 @@ def lhotse_manifests_to_shar(
     for p in (recordings, supervisions):
         if not Path(p).is_file():
             raise FileNotFoundError(f"lhotse manifest {p} does not exist")
-    recs = RecordingSet.from_file(recordings)
-    sups = SupervisionSet.from_file(supervisions)
+    recs = {r.id: r for r in RecordingSet.from_file(recordings)}
+    sups = list(SupervisionSet.from_file(supervisions))
     if len(sups) == 0:
         raise FileNotFoundError(f"lhotse manifest {supervisions} has no supervisions")
     report = CorpusReport(out_dir=str(out_dir))
