@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Literal, NamedTuple, overload
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -140,47 +141,74 @@ def _logaddexp(a: float, b: float) -> float:
 
 
 def _prefix_beam_one(
-    frames: list[list[float]], beam: int, blank_id: int, token_prune: int | None
+    frames: np.ndarray, beam: int, blank_id: int, token_prune: int | None
 ) -> list[tuple[tuple[int, ...], float]]:
-    """Prefix beam search over one utterance. ``frames`` is T lists of V log-probs.
+    """Prefix beam search over one utterance; ``frames`` is a (T, V) float64 array of log-probs.
 
     Each prefix keeps two log-scores: paths ending in blank (pb) and paths ending in its last token
     (pnb). The distinction is what lets "a a" (with a blank between) differ from a repeated "a".
+
+    Extensions are scored for all (prefix, token) pairs at once with numpy. Only the extensions that
+    land on a prefix already in the beam need merging; every other extension is a new prefix whose score
+    is final, so keeping the best ``beam`` of those is enough for the result to equal a full search.
     """
-    vocab = len(frames[0]) if frames else 0
-    # prefix -> [pb, pnb]; the empty prefix starts with probability 1 of "ending in blank".
-    beams: dict[tuple[int, ...], list[float]] = {(): [0.0, _NEG_INF]}
+    vocab = frames.shape[1] if frames.ndim == 2 else 0
+    # Start: the empty prefix, reached by "ending in blank" with probability 1.
+    prefixes: list[tuple[int, ...]] = [()]
+    pb = np.array([0.0])
+    pnb = np.array([_NEG_INF])
+    prune = token_prune is not None and token_prune < vocab - 1
     for lp in frames:
-        if token_prune is None or token_prune >= vocab:
-            candidates = [c for c in range(vocab) if c != blank_id]
-        else:
-            order = sorted(range(vocab), key=lp.__getitem__, reverse=True)
-            candidates = [c for c in order[: token_prune + 1] if c != blank_id][:token_prune]
-        lp_blank = lp[blank_id]
-        nxt: dict[tuple[int, ...], list[float]] = {}
-        for prefix, (pb, pnb) in beams.items():
-            total = _logaddexp(pb, pnb)
-            # Stay on the same prefix by emitting blank.
-            entry = nxt.setdefault(prefix, [_NEG_INF, _NEG_INF])
-            entry[0] = _logaddexp(entry[0], total + lp_blank)
-            last = prefix[-1] if prefix else None
-            if last is not None:
-                # Repeating the last token without a blank in between collapses into the same prefix.
-                # Done even if ``last`` was pruned from this frame's candidates, so no path mass is lost.
-                entry[1] = _logaddexp(entry[1], pnb + lp[last])
-            for c in candidates:
-                ext = nxt.setdefault(prefix + (c,), [_NEG_INF, _NEG_INF])
-                if c == last:
-                    # A new copy of the last token needs a blank in between.
-                    ext[1] = _logaddexp(ext[1], pb + lp[c])
-                else:
-                    ext[1] = _logaddexp(ext[1], total + lp[c])
+        total = np.logaddexp(pb, pnb)
+        k = len(prefixes)
+        last = np.array([p[-1] if p else -1 for p in prefixes], dtype=np.int64)
+        has_last = last >= 0
+        # Staying on a prefix: emit blank, or repeat its last token without a blank in between.
+        stay_pb = total + lp[blank_id]
+        stay_pnb = np.full(k, _NEG_INF)
+        stay_pnb[has_last] = pnb[has_last] + lp[last[has_last]]
+        # Extending prefix b with token c: a copy of the last token needs a blank in between (pb only).
+        ext = total[:, None] + lp[None, :]
+        rows = np.nonzero(has_last)[0]
+        ext[rows, last[rows]] = pb[rows] + lp[last[rows]]
+        ext[:, blank_id] = _NEG_INF
+        if prune:
+            allowed = np.argsort(np.where(np.arange(vocab) == blank_id, _NEG_INF, lp))[::-1][:token_prune]
+            mask = np.full(vocab, _NEG_INF)
+            mask[allowed] = 0.0
+            ext = ext + mask[None, :]
+        # Extensions that equal a prefix already in the beam merge into its pnb.
+        index = {p: i for i, p in enumerate(prefixes)}
+        for j, p in enumerate(prefixes):
+            if p:
+                parent = index.get(p[:-1])
+                if parent is not None:
+                    stay_pnb[j] = np.logaddexp(stay_pnb[j], ext[parent, p[-1]])
+                    ext[parent, p[-1]] = _NEG_INF
+        cand_prefixes = list(prefixes)
+        cand_pb = list(stay_pb)
+        cand_pnb = list(stay_pnb)
+        flat = ext.ravel()
+        n_new = min(beam, flat.size)
+        if n_new:
+            top = np.argpartition(-flat, n_new - 1)[:n_new] if n_new < flat.size else np.arange(flat.size)
+            for cell in top.tolist():
+                score = flat[cell]
+                if score == _NEG_INF:
+                    continue
+                b, c = divmod(cell, vocab)
+                cand_prefixes.append(prefixes[b] + (c,))
+                cand_pb.append(_NEG_INF)
+                cand_pnb.append(score)
+        cpb = np.array(cand_pb)
+        cpnb = np.array(cand_pnb)
+        ctot = np.logaddexp(cpb, cpnb)
         # Prefixes that no path can reach (e.g. "a a" after one frame) score -inf: drop them.
-        scored = [(p, _logaddexp(v[0], v[1]), v) for p, v in nxt.items()]
-        scored = [x for x in scored if x[1] != _NEG_INF]
-        scored.sort(key=lambda x: x[1], reverse=True)
-        beams = {p: v for p, _, v in scored[:beam]}
-    final = [(prefix, _logaddexp(pb, pnb)) for prefix, (pb, pnb) in beams.items()]
+        order = [i for i in np.argsort(-ctot, kind="stable").tolist() if ctot[i] != _NEG_INF][:beam]
+        prefixes = [cand_prefixes[i] for i in order]
+        pb = cpb[order]
+        pnb = cpnb[order]
+    final = [(p, float(np.logaddexp(a, b))) for p, a, b in zip(prefixes, pb, pnb)]
     final.sort(key=lambda x: x[1], reverse=True)
     return final or [((), _NEG_INF)]  # every path impossible (all -inf input): empty hypothesis
 
@@ -241,7 +269,7 @@ def ctc_prefix_beam_search(
     lp_all = log_probs.detach().to("cpu", torch.float64)
     out: list = []
     for n, length in enumerate(lens_list):
-        frames = lp_all[n, :length].tolist()
+        frames = lp_all[n, :length].numpy()
         nbest = _prefix_beam_one(frames, beam, blank_id, token_prune)
         if return_nbest:
             out.append([(list(p), s) for p, s in nbest])
