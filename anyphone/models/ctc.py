@@ -7,8 +7,6 @@ Keys: ``encoder_embed.*`` (Conv2dSubsampling), ``encoder.*`` (Zipformer2, output
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 from torch import Tensor, nn
 
@@ -20,7 +18,9 @@ from .zipformer import Zipformer2, make_pad_mask
 __all__ = ["CtcModel", "build_encoder", "forward_encoder"]
 
 
-def build_encoder(cfg: ZipformerConfig, output_downsampling_factor: int = 1) -> Tuple[Conv2dSubsampling, Zipformer2]:
+def build_encoder(
+    cfg: ZipformerConfig, output_downsampling_factor: int = 1
+) -> tuple[Conv2dSubsampling, Zipformer2]:
     """Build ``(encoder_embed, encoder)`` as ZIPA's ``train.get_model`` does.
 
     output_downsampling_factor: 1 for CTC/CR-CTC (50 Hz output), 2 for transducers (25 Hz).
@@ -55,7 +55,7 @@ def build_encoder(cfg: ZipformerConfig, output_downsampling_factor: int = 1) -> 
 
 def forward_encoder(
     encoder_embed: nn.Module, encoder: nn.Module, x: Tensor, x_lens: Tensor
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Shared encoder pass: x (N, T, F) zero-padded fbank, x_lens (N,) ->
     (encoder_out (N, T', C), encoder_out_lens (N,)).  T' = (T-7)//2 at 50 Hz, halved again by an
     output downsampling factor of 2."""
@@ -82,7 +82,7 @@ class CtcModel(nn.Module):
     def vocab_size(self) -> int:
         return self.cfg.vocab_size
 
-    def forward_encoder(self, x: Tensor, x_lens: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward_encoder(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
         """x: (N, T, 80) zero-padded fbank with T == max(x_lens); x_lens: (N,) int64.
 
         Returns encoder_out (N, (T-7)//2, max(encoder_dim)) and encoder_out_lens (N,).
@@ -93,7 +93,7 @@ class CtcModel(nn.Module):
         """encoder_out (N, T, C) -> CTC log-probabilities (N, T, vocab_size)."""
         return self.ctc_output(encoder_out)
 
-    def forward(self, x: Tensor, x_lens: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
         """Convenience for inference/export: (log_probs (N, T', V), lengths (N,))."""
         encoder_out, encoder_out_lens = self.forward_encoder(x, x_lens)
         return self.ctc_log_probs(encoder_out), encoder_out_lens

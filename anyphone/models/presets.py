@@ -3,7 +3,7 @@ icefall-compatible command-line flags.
 
 Presets:
   * ``small`` / ``large``: exactly ZIPA's ``small_params`` / ``large_params`` (64M / 300M CR-CTC).
-  * ``tiny``: a ~3M-parameter model that trains on a laptop CPU.
+  * ``tiny``: a ~3.5M-parameter model that trains on a laptop CPU.
   * ``fixture_tiny``: the configuration of the ZIPA reference fixtures (tests only).
 
 Per-stack values are tuples of ints; in dicts and on the command line they are comma-separated
@@ -15,16 +15,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 from .scaling import int_tuple
 
 __all__ = [
-    "ZipformerConfig",
     "PRESETS",
-    "get_preset",
+    "ZipformerConfig",
     "add_model_arguments",
     "config_from_args",
+    "get_preset",
 ]
 
 # Fields that hold one int per encoder stack (or a list of choices, for the chunk options).
@@ -48,23 +48,23 @@ _TUPLE_FIELDS = (
 class ZipformerConfig:
     """Hyper-parameters of a Zipformer encoder plus the head sizes of the CTC/transducer models."""
 
-    num_encoder_layers: Tuple[int, ...] = (2, 2, 3, 4, 3, 2)
-    downsampling_factor: Tuple[int, ...] = (1, 2, 4, 8, 4, 2)
-    feedforward_dim: Tuple[int, ...] = (512, 768, 1024, 1536, 1024, 768)
-    num_heads: Tuple[int, ...] = (4, 4, 4, 8, 4, 4)
-    encoder_dim: Tuple[int, ...] = (192, 256, 384, 512, 384, 256)
-    query_head_dim: Tuple[int, ...] = (32,)
-    value_head_dim: Tuple[int, ...] = (12,)
-    pos_head_dim: Tuple[int, ...] = (4,)
+    num_encoder_layers: tuple[int, ...] = (2, 2, 3, 4, 3, 2)
+    downsampling_factor: tuple[int, ...] = (1, 2, 4, 8, 4, 2)
+    feedforward_dim: tuple[int, ...] = (512, 768, 1024, 1536, 1024, 768)
+    num_heads: tuple[int, ...] = (4, 4, 4, 8, 4, 4)
+    encoder_dim: tuple[int, ...] = (192, 256, 384, 512, 384, 256)
+    query_head_dim: tuple[int, ...] = (32,)
+    value_head_dim: tuple[int, ...] = (12,)
+    pos_head_dim: tuple[int, ...] = (4,)
     pos_dim: int = 48
-    encoder_unmasked_dim: Tuple[int, ...] = (192, 192, 256, 256, 256, 192)
-    cnn_module_kernel: Tuple[int, ...] = (31, 31, 15, 15, 15, 31)
+    encoder_unmasked_dim: tuple[int, ...] = (192, 192, 256, 256, 256, 192)
+    cnn_module_kernel: tuple[int, ...] = (31, 31, 15, 15, 15, 31)
     decoder_dim: int = 512
     joiner_dim: int = 512
     context_size: int = 2
     causal: bool = False
-    chunk_size: Tuple[int, ...] = (16, 32, 64, -1)
-    left_context_frames: Tuple[int, ...] = (64, 128, 256, -1)
+    chunk_size: tuple[int, ...] = (16, 32, 64, -1)
+    left_context_frames: tuple[int, ...] = (64, 128, 256, -1)
     feature_dim: int = 80
     vocab_size: int = 127
     # Not model shape: which preset this came from, for logs and checkpoints.
@@ -87,12 +87,12 @@ class ZipformerConfig:
                 raise ValueError(f"ZipformerConfig: encoder_unmasked_dim {u} > encoder_dim {d}")
 
     # -- helpers ---------------------------------------------------------------------------------
-    def stack(self, v: Tuple[int, ...]) -> Tuple[int, ...]:
+    def stack(self, v: tuple[int, ...]) -> tuple[int, ...]:
         """Broadcast a per-stack tuple to the number of stacks."""
         return v * len(self.downsampling_factor) if len(v) == 1 else v
 
     @property
-    def encoder_dim_per_stack(self) -> Tuple[int, ...]:
+    def encoder_dim_per_stack(self) -> tuple[int, ...]:
         return self.stack(self.encoder_dim)
 
     @property
@@ -100,7 +100,7 @@ class ZipformerConfig:
         """Channels of the encoder output, max(encoder_dim)."""
         return max(self.encoder_dim_per_stack)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict; per-stack tuples become icefall-style comma strings."""
         d = dataclasses.asdict(self)
         for f in _TUPLE_FIELDS:
@@ -108,7 +108,7 @@ class ZipformerConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any], strict: bool = False) -> "ZipformerConfig":
+    def from_dict(cls, d: dict[str, Any], strict: bool = False) -> ZipformerConfig:
         """Build from a dict such as ``to_dict()`` output or a ZIPA/icefall params dict.
 
         Unknown keys are ignored unless ``strict``.
@@ -119,12 +119,12 @@ class ZipformerConfig:
             raise ValueError(f"ZipformerConfig.from_dict: unknown keys {unknown}")
         return cls(**{k: v for k, v in d.items() if k in names})
 
-    def replace(self, **overrides: Any) -> "ZipformerConfig":
+    def replace(self, **overrides: Any) -> ZipformerConfig:
         """Copy with some fields changed (values may be comma strings)."""
         return dataclasses.replace(self, **overrides)
 
 
-PRESETS: Dict[str, ZipformerConfig] = {
+PRESETS: dict[str, ZipformerConfig] = {
     # ZIPA zipa_ctc_inference.py small_params (also the transducer's).
     "small": ZipformerConfig(name="small"),
     # ZIPA large_params.
@@ -144,18 +144,18 @@ PRESETS: Dict[str, ZipformerConfig] = {
         joiner_dim=1024,
         name="large",
     ),
-    # ~3M parameters: one layer per stack, narrow; trains in minutes on 2 CPU cores.
+    # ~3.5M parameters: one layer per stack, narrow; trains in minutes on 2 CPU cores.
     "tiny": ZipformerConfig(
         num_encoder_layers=(1, 1, 1, 1, 1, 1),
         downsampling_factor=(1, 2, 4, 8, 4, 2),
-        feedforward_dim=(256, 384, 512, 512, 512, 384),
+        feedforward_dim=(256, 320, 384, 512, 384, 320),
         num_heads=(4, 4, 4, 4, 4, 4),
-        encoder_dim=(128, 144, 192, 256, 192, 144),
+        encoder_dim=(96, 128, 128, 192, 128, 128),
         query_head_dim=(16,),
         value_head_dim=(8,),
         pos_head_dim=(4,),
         pos_dim=32,
-        encoder_unmasked_dim=(96, 96, 128, 128, 128, 96),
+        encoder_unmasked_dim=(96, 96, 96, 128, 96, 96),
         cnn_module_kernel=(31, 31, 15, 15, 15, 31),
         decoder_dim=256,
         joiner_dim=256,
@@ -199,7 +199,11 @@ def _str2bool(v: str) -> bool:
 
 # flag name -> (field, help); every flag defaults to None meaning "take the preset's value".
 _FLAGS = [
-    ("--num-encoder-layers", "num_encoder_layers", "Layers per encoder stack, comma separated, e.g. 2,2,3,4,3,2"),
+    (
+        "--num-encoder-layers",
+        "num_encoder_layers",
+        "Layers per encoder stack, comma separated, e.g. 2,2,3,4,3,2",
+    ),
     ("--downsampling-factor", "downsampling_factor", "Downsampling factor of each stack relative to 50 Hz"),
     ("--feedforward-dim", "feedforward_dim", "Feed-forward hidden size per stack"),
     ("--num-heads", "num_heads", "Attention heads per stack"),
@@ -207,8 +211,11 @@ _FLAGS = [
     ("--query-head-dim", "query_head_dim", "Query/key size per head (one value or one per stack)"),
     ("--value-head-dim", "value_head_dim", "Value size per head"),
     ("--pos-head-dim", "pos_head_dim", "Positional-query size per head"),
-    ("--encoder-unmasked-dim", "encoder_unmasked_dim",
-     "Channels per stack never zeroed by the training feature mask (<= encoder dim)"),
+    (
+        "--encoder-unmasked-dim",
+        "encoder_unmasked_dim",
+        "Channels per stack never zeroed by the training feature mask (<= encoder dim)",
+    ),
     ("--cnn-module-kernel", "cnn_module_kernel", "Depthwise convolution kernel size per stack"),
     ("--chunk-size", "chunk_size", "Chunk sizes (50 Hz frames) sampled in causal training; -1 = full"),
     ("--left-context-frames", "left_context_frames", "Left-context choices (frames) in causal training"),
@@ -236,7 +243,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, dest, help_ in _INT_FLAGS:
         g.add_argument(flag, dest=dest, type=int, default=None, help=help_)
     g.add_argument(
-        "--causal", dest="causal", type=_str2bool, default=None,
+        "--causal",
+        dest="causal",
+        type=_str2bool,
+        default=None,
         help="Train a chunk-causal (streaming-capable) model: true/false",
     )
 

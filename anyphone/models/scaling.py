@@ -9,36 +9,39 @@ that ZIPA checkpoints load and compute the same numbers.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
-from typing import Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+_log = logging.getLogger(__name__)
+
 __all__ = [
-    "PiecewiseLinear",
-    "ScheduledFloat",
-    "FloatLike",
-    "swoosh_l",
-    "swoosh_r",
-    "SwooshL",
-    "SwooshR",
-    "BiasNorm",
+    "ActivationDropoutAndLinear",
     "Balancer",
-    "Whiten",
-    "ScaleGrad",
-    "limit_param_value",
-    "penalize_abs_values_gt",
+    "BiasNorm",
     "Dropout2",
     "Dropout3",
-    "ActivationDropoutAndLinear",
-    "scaled_linear",
-    "scaled_conv2d",
+    "FloatLike",
+    "PiecewiseLinear",
+    "ScaleGrad",
+    "ScheduledFloat",
+    "SwooshL",
+    "SwooshR",
+    "Whiten",
     "convert_num_channels",
+    "limit_param_value",
+    "penalize_abs_values_gt",
+    "scaled_conv2d",
+    "scaled_linear",
     "set_batch_count",
+    "swoosh_l",
+    "swoosh_r",
 ]
 
 
@@ -53,14 +56,14 @@ class PiecewiseLinear:
     Outside the given range the first / last y is returned.
     """
 
-    def __init__(self, *points: Tuple[float, float]) -> None:
+    def __init__(self, *points: tuple[float, float]) -> None:
         if len(points) == 1 and isinstance(points[0], PiecewiseLinear):
             points = tuple(points[0].points)
         if not points:
             raise ValueError("PiecewiseLinear: need at least one (x, y) point, got none")
         self.points = [(float(x), float(y)) for x, y in points]
         xs = [p[0] for p in self.points]
-        if any(b <= a for a, b in zip(xs, xs[1:])):
+        if any(b <= a for a, b in itertools.pairwise(xs)):
             raise ValueError(f"PiecewiseLinear: x values must increase strictly, got {xs}")
 
     def __call__(self, x: float) -> float:
@@ -69,7 +72,7 @@ class PiecewiseLinear:
             return pts[0][1]
         if x >= pts[-1][0]:
             return pts[-1][1]
-        for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        for (x0, y0), (x1, y1) in itertools.pairwise(pts):
             if x0 <= x <= x1:
                 return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
         raise AssertionError("unreachable")
@@ -86,10 +89,10 @@ class ScheduledFloat(nn.Module):
     ``batch_count`` has been set, so all schedules are off at inference.
     """
 
-    def __init__(self, *points: Tuple[float, float], default: float = 0.0) -> None:
+    def __init__(self, *points: tuple[float, float], default: float = 0.0) -> None:
         super().__init__()
-        self.batch_count: Optional[float] = None
-        self.name: Optional[str] = None
+        self.batch_count: float | None = None
+        self.name: str | None = None
         self.default = default
         self.schedule = PiecewiseLinear(*points)
 
@@ -102,7 +105,7 @@ class ScheduledFloat(nn.Module):
         return float(self.schedule(self.batch_count))
 
 
-FloatLike = Union[float, ScheduledFloat]
+FloatLike = float | ScheduledFloat
 
 
 def set_batch_count(model: nn.Module, batch_count: float) -> None:
@@ -193,7 +196,7 @@ class _ActivationLinearFunction(torch.autograd.Function):
     """swoosh -> dropout -> linear, storing only the input (the activation is recomputed)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, kind: str, dropout_p: float, shared_dim: Optional[int]):
+    def forward(ctx, x, weight, bias, kind: str, dropout_p: float, shared_dim: int | None):
         mask = None
         if dropout_p > 0.0:
             shape = list(x.shape)
@@ -238,12 +241,14 @@ class ActivationDropoutAndLinear(nn.Module):
         bias: bool = True,
         activation: str = "SwooshL",
         dropout_p: FloatLike = 0.0,
-        dropout_shared_dim: Optional[int] = -1,
+        dropout_shared_dim: int | None = -1,
         initial_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if activation not in _SWOOSH:
-            raise ValueError(f"ActivationDropoutAndLinear: activation={activation!r}, expected SwooshL/SwooshR")
+            raise ValueError(
+                f"ActivationDropoutAndLinear: activation={activation!r}, expected SwooshL/SwooshR"
+            )
         lin = scaled_linear(in_channels, out_channels, bias=bias, initial_scale=initial_scale)
         self.weight = lin.weight
         self.register_parameter("bias", lin.bias)
@@ -479,8 +484,10 @@ class _BalancerFunction(torch.autograd.Function):
                 gf = x_grad.float()
                 # Scale the constraint gradient by |x_grad| elementwise: a noisy per-element magnitude.
                 x_grad = (gf + gf.abs() * lg).to(x_grad.dtype)
-        except Exception as e:  # never let a regulariser kill a training run
-            logging.warning(f"Balancer backward failed ({e}) for shape {list(x_grad.shape)}; gradient left as is")
+        except RuntimeError as e:  # never let a regulariser kill a training run
+            _log.warning(
+                f"Balancer backward failed ({e}) for shape {list(x_grad.shape)}; gradient left as is"
+            )
         return x_grad, None, None, None, None, None, None
 
 
@@ -500,7 +507,7 @@ class Balancer(nn.Module):
         min_abs: FloatLike = 0.2,
         max_abs: FloatLike = 100.0,
         grad_scale: FloatLike = 0.04,
-        prob: Optional[FloatLike] = None,
+        prob: FloatLike | None = None,
     ) -> None:
         super().__init__()
         if prob is None:
@@ -543,7 +550,7 @@ def _whitening_metric(x: Tensor, num_groups: int) -> Tensor:
 
 class _WhitenFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, module: "Whiten") -> Tensor:
+    def forward(ctx, x: Tensor, module: Whiten) -> Tensor:
         ctx.save_for_backward(x)
         ctx.module = module
         return x.view_as(x)
@@ -564,8 +571,8 @@ class _WhitenFunction(torch.autograd.Function):
                 pg = xf.grad
                 scale = float(w.grad_scale) * (x_grad.float().norm() / (pg.norm() + 1.0e-20))
                 return x_grad + (pg * scale).to(x_grad.dtype), None
-        except Exception as e:
-            logging.warning(f"Whiten backward failed ({e}) for shape {list(x_grad.shape)}; gradient left as is")
+        except RuntimeError as e:
+            _log.warning(f"Whiten backward failed ({e}) for shape {list(x_grad.shape)}; gradient left as is")
         return x_grad, None
 
 
@@ -580,7 +587,7 @@ class Whiten(nn.Module):
         self,
         num_groups: int,
         whitening_limit: FloatLike,
-        prob: Union[float, Tuple[float, float]],
+        prob: float | tuple[float, float],
         grad_scale: FloatLike,
     ) -> None:
         super().__init__()
@@ -591,7 +598,7 @@ class Whiten(nn.Module):
             prob = (float(prob), float(prob))
         self.min_prob, self.max_prob = prob
         self.prob = self.max_prob
-        self.name: Optional[str] = None
+        self.name: str | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if (
@@ -609,7 +616,7 @@ def whitening_schedule(x: float, ratio: float = 2.0) -> ScheduledFloat:
     return ScheduledFloat((0.0, x), (20000.0, ratio * x), default=x)
 
 
-def int_tuple(value: Union[int, str, Sequence[int]], n: Optional[int] = None, what: str = "value") -> Tuple[int, ...]:
+def int_tuple(value: int | str | Sequence[int], n: int | None = None, what: str = "value") -> tuple[int, ...]:
     """Parse ``"1,2, 3"`` / 3 / (1, 2, 3) into a tuple of ints; broadcast a single value to ``n``."""
     if isinstance(value, str):
         parts = [p.strip() for p in value.split(",") if p.strip()]

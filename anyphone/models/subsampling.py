@@ -6,8 +6,6 @@ Layout and parameter names match ZIPA checkpoints (``encoder_embed.conv.{0,4,7}`
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 from torch import Tensor, nn
 
@@ -24,7 +22,7 @@ from .scaling import (
     scaled_conv2d,
 )
 
-__all__ = ["ConvNeXt", "Conv2dSubsampling"]
+__all__ = ["Conv2dSubsampling", "ConvNeXt"]
 
 
 class ConvNeXt(nn.Module):
@@ -37,8 +35,8 @@ class ConvNeXt(nn.Module):
         self,
         channels: int,
         hidden_ratio: int = 3,
-        kernel_size: Tuple[int, int] = (7, 7),
-        layerdrop_rate: Optional[FloatLike] = None,
+        kernel_size: tuple[int, int] = (7, 7),
+        layerdrop_rate: FloatLike | None = None,
     ) -> None:
         super().__init__()
         self.padding = ((kernel_size[0] - 1) // 2, (kernel_size[1] - 1) // 2)
@@ -131,7 +129,7 @@ class Conv2dSubsampling(nn.Module):
         # dropout with a mask shared over time
         self.dropout = Dropout3(dropout, shared_dim=1)
 
-    def forward(self, x: Tensor, x_lens: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
         """x: (N, T, idim) zero-padded, x_lens: (N,) -> ((N, T', odim), (N,)) with T' = (T - 7) // 2.
 
         Raises if T is not max(x_lens) + nothing, i.e. if the padded length is not max(x_lens)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import random
-from typing import List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,17 +71,17 @@ class Zipformer2(nn.Module):
         self,
         output_downsampling_factor: int = 2,
         downsampling_factor: Sequence[int] = (2, 4),
-        encoder_dim: Union[int, Sequence[int]] = 384,
-        num_encoder_layers: Union[int, Sequence[int]] = 4,
-        encoder_unmasked_dim: Union[int, Sequence[int]] = 256,
-        query_head_dim: Union[int, Sequence[int]] = 24,
-        pos_head_dim: Union[int, Sequence[int]] = 4,
-        value_head_dim: Union[int, Sequence[int]] = 12,
-        num_heads: Union[int, Sequence[int]] = 8,
-        feedforward_dim: Union[int, Sequence[int]] = 1536,
-        cnn_module_kernel: Union[int, Sequence[int]] = 31,
+        encoder_dim: int | Sequence[int] = 384,
+        num_encoder_layers: int | Sequence[int] = 4,
+        encoder_unmasked_dim: int | Sequence[int] = 256,
+        query_head_dim: int | Sequence[int] = 24,
+        pos_head_dim: int | Sequence[int] = 4,
+        value_head_dim: int | Sequence[int] = 12,
+        num_heads: int | Sequence[int] = 8,
+        feedforward_dim: int | Sequence[int] = 1536,
+        cnn_module_kernel: int | Sequence[int] = 31,
         pos_dim: int = 192,
-        dropout: Optional[FloatLike] = None,
+        dropout: FloatLike | None = None,
         warmup_batches: float = 4000.0,
         causal: bool = False,
         chunk_size: Sequence[int] = (-1,),
@@ -146,7 +146,7 @@ class Zipformer2(nn.Module):
             max(self.encoder_dim), downsample=output_downsampling_factor, dropout=dropout
         )
 
-    def get_feature_masks(self, x: Tensor) -> List[Union[float, Tensor]]:
+    def get_feature_masks(self, x: Tensor) -> list[float | Tensor]:
         """Per-stack multiplicative channel masks (training only; 1.0 in eval).
 
         On ~12.5% of utterances the channels above ``encoder_unmasked_dim`` are zeroed (half of them
@@ -159,7 +159,7 @@ class Zipformer2(nn.Module):
         p = 0.125
         m1 = (torch.rand(1, batch, 1, device=x.device) > p).to(x.dtype)
         m2 = m1 * (torch.rand(1, batch, 1, device=x.device) > p).to(x.dtype)
-        masks: List[Union[float, Tensor]] = []
+        masks: list[float | Tensor] = []
         for dim, u1 in zip(self.encoder_dim, self.encoder_unmasked_dim):
             u2 = u1 + (dim - u1) // 2
             mask = torch.ones(1, batch, dim, dtype=x.dtype, device=x.device)
@@ -168,7 +168,7 @@ class Zipformer2(nn.Module):
             masks.append(mask)
         return masks
 
-    def get_chunk_info(self) -> Tuple[int, int]:
+    def get_chunk_info(self) -> tuple[int, int]:
         """(chunk_size, left_context_chunks) for this batch; (-1, -1) when not causal."""
         if not self.causal:
             return -1, -1
@@ -179,19 +179,21 @@ class Zipformer2(nn.Module):
         left_chunks = left // chunk_size  # -1 // c == -1: unlimited
         return chunk_size, max(left_chunks, 1) if left_chunks != -1 else -1
 
-    def _get_attn_mask(self, seq_len: int, chunk_size: int, left_chunks: int, device) -> Optional[Tensor]:
+    def _get_attn_mask(self, seq_len: int, chunk_size: int, left_chunks: int, device) -> Tensor | None:
         if chunk_size <= 0:
             return None
         if any(chunk_size % d for d in self.downsampling_factor):
-            raise ValueError(f"Zipformer2: chunk_size {chunk_size} must be a multiple of {self.downsampling_factor}")
+            raise ValueError(
+                f"Zipformer2: chunk_size {chunk_size} must be a multiple of {self.downsampling_factor}"
+            )
         if left_chunks < 0:
             left_chunks = 1_000_000
         c = torch.arange(seq_len, device=device) // chunk_size
         return (c.unsqueeze(0) > c.unsqueeze(1)) | (c.unsqueeze(0) < c.unsqueeze(1) - left_chunks)
 
     def forward(
-        self, x: Tensor, x_lens: Tensor, src_key_padding_mask: Optional[Tensor] = None
-    ) -> Tuple[Tensor, Tensor]:
+        self, x: Tensor, x_lens: Tensor, src_key_padding_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """x: (T, N, encoder_dim[0]), x_lens: (N,), src_key_padding_mask: (N, T) True = padding.
 
         Returns ((T', N, max(encoder_dim)), (N,)) with T' = ceil(T / output_downsampling_factor).
@@ -207,7 +209,9 @@ class Zipformer2(nn.Module):
                 x,
                 chunk_size=chunk_size,
                 feature_mask=feature_masks[i],
-                src_key_padding_mask=None if src_key_padding_mask is None else src_key_padding_mask[..., ::ds],
+                src_key_padding_mask=None
+                if src_key_padding_mask is None
+                else src_key_padding_mask[..., ::ds],
                 attn_mask=attn_mask,
             )
             outputs.append(x)
@@ -217,7 +221,7 @@ class Zipformer2(nn.Module):
         lengths = torch.div(x_lens + od - 1, od, rounding_mode="floor")
         return x, lengths
 
-    def _get_full_dim_output(self, outputs: List[Tensor]) -> Tensor:
+    def _get_full_dim_output(self, outputs: list[Tensor]) -> Tensor:
         # Take each channel from the latest stack that has it.
         pieces = [outputs[-1]]
         cur = self.encoder_dim[-1]
@@ -264,7 +268,11 @@ class Zipformer2EncoderLayer(nn.Module):
         self.const_attention_rate = ScheduledFloat((0.0, 0.25), (4000.0, 0.025), default=0)
 
         self.self_attn_weights = RelPositionMultiheadAttentionWeights(
-            embed_dim, pos_dim=pos_dim, num_heads=num_heads, query_head_dim=query_head_dim, pos_head_dim=pos_head_dim
+            embed_dim,
+            pos_dim=pos_dim,
+            num_heads=num_heads,
+            query_head_dim=query_head_dim,
+            pos_head_dim=pos_head_dim,
         )
         self.self_attn1 = SelfAttention(embed_dim, num_heads, value_head_dim)
         self.self_attn2 = SelfAttention(embed_dim, num_heads, value_head_dim)
@@ -283,32 +291,49 @@ class Zipformer2EncoderLayer(nn.Module):
             embed_dim, channel_dim=-1, min_positive=0.45, max_positive=0.55, min_abs=0.2, max_abs=4.0
         )
         self.balancer_na = Balancer(
-            embed_dim, channel_dim=-1, min_positive=0.3, max_positive=0.7,
-            min_abs=ScheduledFloat((0.0, 0.004), (4000.0, 0.02)), prob=0.05,
+            embed_dim,
+            channel_dim=-1,
+            min_positive=0.3,
+            max_positive=0.7,
+            min_abs=ScheduledFloat((0.0, 0.004), (4000.0, 0.02)),
+            prob=0.05,
         )
         self.balancer_ff2 = Balancer(
-            embed_dim, channel_dim=-1, min_positive=0.3, max_positive=0.7,
-            min_abs=ScheduledFloat((0.0, 0.0), (4000.0, 0.1), default=0.0), max_abs=2.0, prob=0.05,
+            embed_dim,
+            channel_dim=-1,
+            min_positive=0.3,
+            max_positive=0.7,
+            min_abs=ScheduledFloat((0.0, 0.0), (4000.0, 0.1), default=0.0),
+            max_abs=2.0,
+            prob=0.05,
         )
         self.balancer_ff3 = Balancer(
-            embed_dim, channel_dim=-1, min_positive=0.3, max_positive=0.7,
-            min_abs=ScheduledFloat((0.0, 0.0), (4000.0, 0.2), default=0.0), max_abs=4.0, prob=0.05,
+            embed_dim,
+            channel_dim=-1,
+            min_positive=0.3,
+            max_positive=0.7,
+            min_abs=ScheduledFloat((0.0, 0.0), (4000.0, 0.2), default=0.0),
+            max_abs=4.0,
+            prob=0.05,
         )
         self.whiten = Whiten(
-            num_groups=1, whitening_limit=whitening_schedule(4.0, ratio=3.0), prob=(0.025, 0.25), grad_scale=0.01
+            num_groups=1,
+            whitening_limit=whitening_schedule(4.0, ratio=3.0),
+            prob=(0.025, 0.25),
+            grad_scale=0.01,
         )
         self.balancer2 = Balancer(
             embed_dim, channel_dim=-1, min_positive=0.45, max_positive=0.55, min_abs=0.1, max_abs=4.0
         )
 
-    def _utterance_mask(self, x: Tensor, rate: float) -> Optional[Tensor]:
+    def _utterance_mask(self, x: Tensor, rate: float) -> Tensor | None:
         # (N, 1) keep-mask for per-utterance module skipping; None when nothing is skipped.
         if not self.training or rate == 0.0:
             return None
         return (torch.rand(x.shape[1], 1, device=x.device) > rate).to(x.dtype)
 
     @staticmethod
-    def _add(x: Tensor, y: Tensor, mask: Optional[Tensor]) -> Tensor:
+    def _add(x: Tensor, y: Tensor, mask: Tensor | None) -> Tensor:
         return x + (y if mask is None else y * mask)
 
     def forward(
@@ -316,8 +341,8 @@ class Zipformer2EncoderLayer(nn.Module):
         src: Tensor,
         pos_emb: Tensor,
         chunk_size: int = -1,
-        attn_mask: Optional[Tensor] = None,
-        src_key_padding_mask: Optional[Tensor] = None,
+        attn_mask: Tensor | None = None,
+        src_key_padding_mask: Tensor | None = None,
     ) -> Tensor:
         """src: (T, N, C); pos_emb: (1, 2T-1, pos_dim); masks True at disallowed positions."""
         src_orig = src
@@ -397,16 +422,20 @@ class Zipformer2Encoder(nn.Module):
         self,
         src: Tensor,
         chunk_size: int = -1,
-        feature_mask: Union[Tensor, float] = 1.0,
-        attn_mask: Optional[Tensor] = None,
-        src_key_padding_mask: Optional[Tensor] = None,
+        feature_mask: Tensor | float = 1.0,
+        attn_mask: Tensor | None = None,
+        src_key_padding_mask: Tensor | None = None,
     ) -> Tensor:
         pos_emb = self.encoder_pos(src)
         masked = isinstance(feature_mask, Tensor)
         out = src * feature_mask if masked else src
         for layer in self.layers:
             out = layer(
-                out, pos_emb, chunk_size=chunk_size, attn_mask=attn_mask, src_key_padding_mask=src_key_padding_mask
+                out,
+                pos_emb,
+                chunk_size=chunk_size,
+                attn_mask=attn_mask,
+                src_key_padding_mask=src_key_padding_mask,
             )
             if masked:
                 out = out * feature_mask
@@ -432,7 +461,9 @@ class BypassModule(nn.Module):
         self.bypass_scale = nn.Parameter(torch.full((embed_dim,), 0.5))
         self.skip_rate = skip_rate
         self.straight_through_rate = straight_through_rate
-        self.scale_min = scale_min if scale_min is not None else ScheduledFloat((0.0, 0.9), (20000.0, 0.2), default=0)
+        self.scale_min = (
+            scale_min if scale_min is not None else ScheduledFloat((0.0, 0.9), (20000.0, 0.2), default=0)
+        )
         self.scale_max = scale_max
 
     def _get_bypass_scale(self, batch_size: int) -> Tensor:
@@ -468,9 +499,9 @@ class DownsampledZipformer2Encoder(nn.Module):
         self,
         src: Tensor,
         chunk_size: int = -1,
-        feature_mask: Union[Tensor, float] = 1.0,
-        attn_mask: Optional[Tensor] = None,
-        src_key_padding_mask: Optional[Tensor] = None,
+        feature_mask: Tensor | float = 1.0,
+        attn_mask: Tensor | None = None,
+        src_key_padding_mask: Tensor | None = None,
     ) -> Tensor:
         src_orig = src
         ds = self.downsample_factor
@@ -533,7 +564,9 @@ class CompactRelPositionalEncoding(nn.Module):
     finite interval, then encoded with embed_dim/2 cosine/sine pairs; the last dim is a constant 1.
     """
 
-    def __init__(self, embed_dim: int, dropout_rate: FloatLike, max_len: int = 1000, length_factor: float = 1.0):
+    def __init__(
+        self, embed_dim: int, dropout_rate: FloatLike, max_len: int = 1000, length_factor: float = 1.0
+    ):
         super().__init__()
         if embed_dim % 2:
             raise ValueError(f"CompactRelPositionalEncoding: embed_dim={embed_dim}, expected even")
@@ -542,7 +575,7 @@ class CompactRelPositionalEncoding(nn.Module):
         self.embed_dim = embed_dim
         self.length_factor = length_factor
         self.dropout = Dropout2(dropout_rate)
-        self._cache: Optional[Tensor] = None  # (2L-1, embed_dim) float32 table, not a buffer
+        self._cache: Tensor | None = None  # (2L-1, embed_dim) float32 table, not a buffer
 
     def _table(self, t: int, device: torch.device) -> Tensor:
         cache = self._cache
@@ -603,11 +636,19 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
         self.in_proj = scaled_linear(embed_dim, in_proj_dim, bias=True, initial_scale=query_head_dim**-0.25)
         # keys: whitened per head and kept near zero mean (scores are invariant to a key offset)
         self.whiten_keys = Whiten(
-            num_groups=num_heads, whitening_limit=whitening_schedule(3.0), prob=(0.025, 0.25), grad_scale=0.025
+            num_groups=num_heads,
+            whitening_limit=whitening_schedule(3.0),
+            prob=(0.025, 0.25),
+            grad_scale=0.025,
         )
         self.balance_keys = Balancer(
-            query_head_dim * num_heads, channel_dim=-1, min_positive=0.4, max_positive=0.6,
-            min_abs=0.0, max_abs=100.0, prob=0.025,
+            query_head_dim * num_heads,
+            channel_dim=-1,
+            min_positive=0.4,
+            max_positive=0.6,
+            min_abs=0.0,
+            max_abs=100.0,
+            prob=0.025,
         )
         self.linear_pos = scaled_linear(pos_dim, num_heads * pos_head_dim, bias=False, initial_scale=0.05)
 
@@ -615,8 +656,8 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
         self,
         x: Tensor,
         pos_emb: Tensor,
-        key_padding_mask: Optional[Tensor] = None,
-        attn_mask: Optional[Tensor] = None,
+        key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
         """x: (T, N, C); pos_emb: (1, 2T-1, pos_dim); key_padding_mask: (N, T); attn_mask: (T, T)."""
         x = self.in_proj(x)
@@ -666,7 +707,10 @@ class SelfAttention(nn.Module):
         self.out_proj = scaled_linear(num_heads * value_head_dim, embed_dim, bias=True, initial_scale=0.05)
         # decorrelates the output channels (gradient-only)
         self.whiten = Whiten(
-            num_groups=1, whitening_limit=whitening_schedule(7.5, ratio=3.0), prob=(0.025, 0.25), grad_scale=0.01
+            num_groups=1,
+            whitening_limit=whitening_schedule(7.5, ratio=3.0),
+            prob=(0.025, 0.25),
+            grad_scale=0.01,
         )
 
     def forward(self, x: Tensor, attn_weights: Tensor) -> Tensor:
@@ -692,8 +736,13 @@ class FeedforwardModule(nn.Module):
             feedforward_dim, channel_dim=-1, min_positive=0.3, max_positive=1.0, min_abs=0.75, max_abs=5.0
         )
         self.out_proj = ActivationDropoutAndLinear(
-            feedforward_dim, embed_dim, activation="SwooshL", dropout_p=dropout, dropout_shared_dim=0,
-            bias=True, initial_scale=0.1,
+            feedforward_dim,
+            embed_dim,
+            activation="SwooshL",
+            dropout_p=dropout,
+            dropout_shared_dim=0,
+            bias=True,
+            initial_scale=0.1,
         )
         # decorrelates the output channels (gradient-only)
         self.out_whiten = Whiten(
@@ -722,15 +771,22 @@ class NonlinAttention(nn.Module):
         self.in_proj = nn.Linear(channels, hidden_channels * 3, bias=True)
         # keeps the pre-tanh values large enough to gate (gradient-only)
         self.balancer = Balancer(
-            hidden_channels, channel_dim=-1,
+            hidden_channels,
+            channel_dim=-1,
             min_positive=ScheduledFloat((0.0, 0.25), (20000.0, 0.05)),
             max_positive=ScheduledFloat((0.0, 0.75), (20000.0, 0.95)),
-            min_abs=0.5, max_abs=5.0,
+            min_abs=0.5,
+            max_abs=5.0,
         )
         self.out_proj = scaled_linear(hidden_channels, channels, bias=True, initial_scale=0.05)
-        self.whiten1 = Whiten(num_groups=1, whitening_limit=whitening_schedule(5.0), prob=(0.025, 0.25), grad_scale=0.01)
+        self.whiten1 = Whiten(
+            num_groups=1, whitening_limit=whitening_schedule(5.0), prob=(0.025, 0.25), grad_scale=0.01
+        )
         self.whiten2 = Whiten(
-            num_groups=1, whitening_limit=whitening_schedule(5.0, ratio=3.0), prob=(0.025, 0.25), grad_scale=0.01
+            num_groups=1,
+            whitening_limit=whitening_schedule(5.0, ratio=3.0),
+            prob=(0.025, 0.25),
+            grad_scale=0.01,
         )
 
     def forward(self, x: Tensor, attn_weights: Tensor) -> Tensor:
@@ -763,9 +819,12 @@ class ConvolutionModule(nn.Module):
         self.in_proj = nn.Linear(channels, 2 * channels)
         # keeps the gate inputs in a sensible range (gradient-only)
         self.balancer1 = Balancer(
-            channels, channel_dim=-1,
-            min_positive=ScheduledFloat((0.0, 0.05), (8000.0, 0.025)), max_positive=1.0,
-            min_abs=1.5, max_abs=ScheduledFloat((0.0, 5.0), (8000.0, 10.0), default=1.0),
+            channels,
+            channel_dim=-1,
+            min_positive=ScheduledFloat((0.0, 0.05), (8000.0, 0.025)),
+            max_positive=1.0,
+            min_abs=1.5,
+            max_abs=ScheduledFloat((0.0, 5.0), (8000.0, 10.0), default=1.0),
         )
         if causal:
             self.depthwise_conv = ChunkCausalDepthwiseConv1d(channels, kernel_size)
@@ -775,16 +834,21 @@ class ConvolutionModule(nn.Module):
             )
         # keeps conv outputs alive and bounded (gradient-only)
         self.balancer2 = Balancer(
-            channels, channel_dim=1,
-            min_positive=ScheduledFloat((0.0, 0.1), (8000.0, 0.05)), max_positive=1.0,
-            min_abs=ScheduledFloat((0.0, 0.2), (20000.0, 0.5)), max_abs=10.0,
+            channels,
+            channel_dim=1,
+            min_positive=ScheduledFloat((0.0, 0.1), (8000.0, 0.05)),
+            max_positive=1.0,
+            min_abs=ScheduledFloat((0.0, 0.2), (20000.0, 0.5)),
+            max_abs=10.0,
         )
-        self.whiten = Whiten(num_groups=1, whitening_limit=whitening_schedule(7.5), prob=(0.025, 0.25), grad_scale=0.01)
+        self.whiten = Whiten(
+            num_groups=1, whitening_limit=whitening_schedule(7.5), prob=(0.025, 0.25), grad_scale=0.01
+        )
         self.out_proj = ActivationDropoutAndLinear(
             channels, channels, activation="SwooshR", dropout_p=0.0, initial_scale=0.05
         )
 
-    def forward(self, x: Tensor, src_key_padding_mask: Optional[Tensor] = None, chunk_size: int = -1) -> Tensor:
+    def forward(self, x: Tensor, src_key_padding_mask: Tensor | None = None, chunk_size: int = -1) -> Tensor:
         """x: (T, N, C); src_key_padding_mask: (N, T) True = padding."""
         x, s = self.in_proj(x).chunk(2, dim=-1)
         if self.training:
@@ -809,7 +873,9 @@ class ChunkCausalDepthwiseConv1d(nn.Module):
     """Depthwise conv that is causal across chunks: a causal half-width conv over the whole past,
     plus a full-width conv inside each chunk scaled by learnt edge corrections."""
 
-    def __init__(self, channels: int, kernel_size: int, initial_scale: float = 1.0, bias: bool = True) -> None:
+    def __init__(
+        self, channels: int, kernel_size: int, initial_scale: float = 1.0, bias: bool = True
+    ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"ChunkCausalDepthwiseConv1d: kernel_size={kernel_size}, expected odd")

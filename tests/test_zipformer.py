@@ -1,0 +1,269 @@
+"""Zipformer building blocks, training behaviour and presets (no reference fixtures needed)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from anyphone.models.ctc import CtcModel, build_encoder, count_parameters
+from anyphone.models.presets import (
+    ZipformerConfig,
+    add_model_arguments,
+    config_from_args,
+    get_preset,
+)
+from anyphone.models.scaling import (
+    ActivationDropoutAndLinear,
+    Balancer,
+    BiasNorm,
+    Dropout3,
+    ScaleGrad,
+    ScheduledFloat,
+    Whiten,
+    limit_param_value,
+    penalize_abs_values_gt,
+    set_batch_count,
+    swoosh_l,
+    swoosh_r,
+)
+from anyphone.models.zipformer import CompactRelPositionalEncoding, SimpleDownsample, make_pad_mask
+
+
+def _ref_swoosh(x: torch.Tensor, shift: float, offset: float) -> torch.Tensor:
+    x = x.double()
+    return torch.nn.functional.softplus(x - shift) - 0.08 * x - offset
+
+
+def test_swoosh_values_and_grads():
+    x = torch.linspace(-30, 120, 2001)
+    torch.testing.assert_close(swoosh_l(x).double(), _ref_swoosh(x, 4.0, 0.035), atol=2e-5, rtol=1e-6)
+    torch.testing.assert_close(swoosh_r(x).double(), _ref_swoosh(x, 1.0, 0.313261687), atol=2e-5, rtol=1e-6)
+    # huge inputs: exp overflows, k2 falls back to x - shift
+    big = torch.tensor([1e4])
+    assert torch.isfinite(swoosh_l(big)).all()
+    # training path stores an 8-bit derivative: gradient within one quantisation step
+    xg = torch.linspace(-8, 8, 101, requires_grad=True)
+    swoosh_l(xg).sum().backward()
+    expected = torch.sigmoid(xg.detach() - 4.0) - 0.08
+    assert (xg.grad - expected).abs().max() < 1.01 / 255
+
+
+def test_activation_dropout_and_linear_backward_matches_autograd():
+    torch.manual_seed(0)
+    m = ActivationDropoutAndLinear(12, 7, activation="SwooshR", dropout_p=0.0)
+    m.train()
+    x = torch.randn(5, 3, 12, requires_grad=True)
+    m(x).pow(2).sum().backward()
+    gx, gw, gb = x.grad.clone(), m.weight.grad.clone(), m.bias.grad.clone()
+    x2 = x.detach().clone().requires_grad_(True)
+    w2 = m.weight.detach().clone().requires_grad_(True)
+    b2 = m.bias.detach().clone().requires_grad_(True)
+    y = torch.nn.functional.linear(_ref_swoosh(x2, 1.0, 0.313261687).float(), w2, b2)
+    y.pow(2).sum().backward()
+    torch.testing.assert_close(gx, x2.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(gw, w2.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(gb, b2.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_scheduled_float_and_set_batch_count():
+    model = nn.Module()
+    model.rate = ScheduledFloat((0.0, 0.3), (100.0, 0.1), default=0.05)
+    assert float(model.rate) == 0.05  # no batch count yet
+    set_batch_count(model, 50)
+    assert math.isclose(float(model.rate), 0.2)
+    set_batch_count(model, 1e6)
+    assert math.isclose(float(model.rate), 0.1)
+    model.eval()
+    assert float(model.rate) == 0.05  # eval: schedules off
+
+
+def test_biasnorm_formula():
+    torch.manual_seed(0)
+    m = BiasNorm(6)
+    with torch.no_grad():
+        m.bias.normal_()
+        m.log_scale.fill_(0.3)
+    x = torch.randn(4, 5, 6)
+    expected = x * ((x - m.bias) ** 2).mean(-1, keepdim=True) ** -0.5 * math.exp(0.3)
+    torch.testing.assert_close(m.eval()(x), expected)
+
+
+def _regularisers():
+    return [
+        Balancer(8, channel_dim=-1, min_positive=0.45, max_positive=0.55, min_abs=5.0, max_abs=6.0, prob=1.0),
+        Whiten(num_groups=1, whitening_limit=1.0, prob=1.0, grad_scale=0.5),
+        ScaleGrad(0.2),
+        Dropout3(0.5, shared_dim=0),
+    ]
+
+
+@pytest.mark.parametrize("idx", range(4))
+def test_regularisers_are_identity_in_eval(idx):
+    m = _regularisers()[idx].eval()
+    x = torch.randn(10, 3, 8, requires_grad=True)
+    y = m(x)
+    assert torch.equal(y, x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    assert torch.equal(x.grad, g)  # eval: no gradient shaping either
+
+
+def test_regularisers_shape_gradients_in_training():
+    torch.manual_seed(0)
+    # Correlated, small-magnitude data violates both the Balancer (min_abs) and Whiten constraints.
+    base = torch.randn(200, 1) * torch.ones(1, 8) * 0.01 + 0.001 * torch.randn(200, 8)
+    for m in _regularisers()[:3]:
+        m.train()
+        x = base.clone().requires_grad_(True)
+        y = m(x)
+        assert torch.equal(y, x)  # forward is always the identity
+        g = torch.randn_like(y)
+        y.backward(g)
+        assert not torch.allclose(x.grad, g), type(m).__name__
+
+
+def test_limit_param_value_and_penalty_are_forward_identities():
+    p = torch.tensor([-3.0, 0.5, 3.0], requires_grad=True)
+    y = limit_param_value(p, -1.0, 1.0, prob=1.0)
+    assert torch.equal(y, p)
+    y.backward(torch.tensor([1.0, 1.0, -1.0]))
+    # below range: gradient made negative; above range: made positive; inside: unchanged
+    assert p.grad.tolist() == [-1.0, 1.0, 1.0]
+    s = torch.tensor([30.0, -30.0, 1.0], requires_grad=True)
+    z = penalize_abs_values_gt(s, limit=25.0, penalty=0.5)
+    assert torch.equal(z, s)
+    z.sum().backward()
+    assert s.grad.tolist() == [1.5, 0.5, 1.0]
+
+
+def test_simple_downsample_and_pad_mask():
+    ds = SimpleDownsample(4, downsample=2, dropout=0.0)
+    with torch.no_grad():
+        ds.bias.copy_(torch.tensor([0.0, math.log(3.0)]))
+    x = torch.arange(5.0).reshape(5, 1, 1).expand(5, 1, 4)
+    y = ds(x)
+    assert y.shape == (3, 1, 4)
+    torch.testing.assert_close(y[:, 0, 0], torch.tensor([0.75, 2.75, 4.0]))
+    assert make_pad_mask(torch.tensor([2, 3])).tolist() == [[False, False, True], [False, False, False]]
+
+
+def test_rel_pos_encoding_is_relative():
+    pe = CompactRelPositionalEncoding(16, dropout_rate=0.0).eval()
+    a = pe(torch.zeros(5, 1, 1))
+    b = pe(torch.zeros(1200, 1, 1))  # longer than the initial table
+    assert a.shape == (1, 9, 16) and b.shape == (1, 2399, 16)
+    torch.testing.assert_close(a[0], b[0, 1199 - 4 : 1199 + 5])
+    torch.testing.assert_close(a[0, 4], torch.tensor([1.0, 0.0] * 7 + [1.0, 1.0]))  # offset 0
+
+
+def _batch(n=2, t=131, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, t, 80, generator=g)
+    lens = torch.tensor([t] + [t - 30 * i for i in range(1, n)])
+    for i, L in enumerate(lens.tolist()):
+        x[i, L:] = 0
+    return x, lens
+
+
+def test_tiny_training_step_has_finite_grads():
+    torch.manual_seed(0)
+    model = CtcModel(get_preset("tiny"))
+    model.train()
+    set_batch_count(model, 100)  # early in training: schedules, dropouts and skipping all active
+    x, lens = _batch()
+    enc, enc_lens = model.forward_encoder(x, lens)
+    assert enc.shape == (2, (131 - 7) // 2, 192) and enc_lens.tolist() == [62, 47]
+    log_probs = model.ctc_log_probs(enc)
+    loss = torch.nn.functional.ctc_loss(
+        log_probs.transpose(0, 1), torch.tensor([[5, 6, 7], [8, 9, 9]]), enc_lens, torch.tensor([3, 3])
+    )
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    # The unused per-layer bypass_scale (kept for checkpoint compatibility) gets no gradient.
+    missing = [n for n, g in grads.items() if g is None and not n.endswith("layers.0.bypass_scale")]
+    assert len(missing) <= 6  # linear_pos is skipped on random batches early in training
+    assert all(torch.isfinite(g).all() for g in grads.values() if g is not None)
+
+
+def test_tiny_training_step_bf16_autocast():
+    torch.manual_seed(0)
+    model = CtcModel(get_preset("tiny")).train()
+    set_batch_count(model, 30000)
+    x, lens = _batch(t=91)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        enc, _enc_lens = model.forward_encoder(x, lens)
+        loss = model.ctc_log_probs(enc).float().logsumexp(-1).mean()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_eval_is_deterministic_and_training_is_not():
+    torch.manual_seed(0)
+    model = CtcModel(get_preset("fixture_tiny")).eval()
+    x, lens = _batch(t=101)
+    with torch.no_grad():
+        a, _ = model.forward_encoder(x, lens)
+        b, _ = model.forward_encoder(x, lens)
+    assert torch.equal(a, b)
+    model.train()
+    set_batch_count(model, 0)
+    with torch.no_grad():
+        c, _ = model.forward_encoder(x, lens)
+    assert not torch.allclose(a, c)
+
+
+def test_transducer_encoder_rate_and_causal_variant():
+    cfg = get_preset("fixture_tiny")
+    embed, enc = build_encoder(cfg, output_downsampling_factor=2)
+    x, lens = _batch(t=131)
+    with torch.no_grad():
+        e, el = embed.eval()(x, lens)
+        out, out_lens = enc.eval()(e.transpose(0, 1), el, make_pad_mask(el))
+    assert out.shape[0] == (62 + 1) // 2 and out_lens.tolist() == [31, 24]
+
+    ccfg = cfg.replace(causal=True, chunk_size="16", left_context_frames="64")
+    model = CtcModel(ccfg)
+    assert any("chunkwise_conv_scale" in k for k in model.state_dict())
+    model.train()
+    enc_out, _ = model.forward_encoder(x, lens)
+    enc_out.sum().backward()
+    # chunk-causal: the first chunk's output must not depend on later input
+    model.eval()
+    with torch.no_grad():
+        a, _ = model.forward_encoder(x[:1], lens[:1])
+        x2 = x[:1].clone()
+        x2[:, 100:] += 5.0
+        b, _ = model.forward_encoder(x2, lens[:1])
+    torch.testing.assert_close(a[:, :16], b[:, :16])
+    assert not torch.allclose(a[:, -5:], b[:, -5:])
+
+
+def test_presets_and_flags():
+    assert count_parameters(CtcModel(get_preset("tiny"))) < 5_000_000
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    args = parser.parse_args(
+        ["--model-size", "tiny", "--num-encoder-layers", "2,2,2,2,2,2", "--query-head-dim", "24"]
+    )
+    cfg = config_from_args(args)
+    tiny = get_preset("tiny")
+    assert cfg.num_encoder_layers == (2,) * 6 and cfg.query_head_dim == (24,)
+    assert cfg.encoder_dim == tiny.encoder_dim and cfg.feedforward_dim == tiny.feedforward_dim
+    assert config_from_args(parser.parse_args(["--model-size", "large"])) == get_preset("large")
+    assert config_from_args(parser.parse_args(["--causal", "true"])).causal is True
+    # dict round trip, icefall-style strings (with spaces, as in ZIPA's small config)
+    d = get_preset("small").to_dict()
+    assert d["encoder_dim"] == "192,256,384,512,384,256"
+    assert ZipformerConfig.from_dict(d) == get_preset("small")
+    assert ZipformerConfig.from_dict({"encoder_unmasked_dim": "192, 192, 256, 256, 256, 192"}) == get_preset(
+        "small"
+    )
+    with pytest.raises(ValueError, match="num_heads"):
+        get_preset("small").replace(num_heads="4,4")
+    with pytest.raises(ValueError, match="unknown model size"):
+        get_preset("huge")
