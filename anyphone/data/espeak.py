@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import itertools
 import os
+import shutil
+import tempfile
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -38,6 +41,7 @@ __all__ = [
     "espeak_data_dir",
     "list_variants",
     "list_voices",
+    "reset_engine",
     "resample_to_16k",
 ]
 
@@ -120,19 +124,43 @@ def resample_to_16k(samples: np.ndarray, sample_rate: int = ESPEAK_SAMPLE_RATE) 
     return y.astype(np.float32, copy=False)
 
 
-class _Engine:
-    """The process's one initialised eSpeak NG library plus the buffers its callbacks fill."""
+_COPY_COUNTER = itertools.count()
 
-    def __init__(self) -> None:
+
+def _private_library_copy(lib_path: str) -> str:
+    """Copy the .so under a unique name: dlopen of a new path maps a new instance with fresh static state."""
+    tmp_dir = Path(tempfile.gettempdir()) / f"anyphone-espeak-{os.getpid()}"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    dst = tmp_dir / f"libespeak-ng-{next(_COPY_COUNTER)}.so"
+    shutil.copyfile(lib_path, dst)
+    return str(dst)
+
+
+class _Engine:
+    """One initialised eSpeak NG library instance plus the buffers its callbacks fill.
+
+    With ``private=True`` the library is loaded from a private copy of the .so, so its static variables
+    start from their initial values (used by :func:`reset_engine`).
+    """
+
+    def __init__(self, private: bool = False) -> None:
         import espeakng_loader
 
         self.pid = os.getpid()
         self.lock = threading.Lock()
         lib_path = espeakng_loader.get_library_path()
+        load_path = _private_library_copy(lib_path) if private else lib_path
         try:
-            lib = ctypes.CDLL(lib_path)
+            lib = ctypes.CDLL(load_path)
         except OSError as e:
             raise OSError(f"{lib_path}: cannot load eSpeak NG library ({e}); expected espeakng-loader's .so") from e
+        finally:
+            if private:
+                os.unlink(load_path)  # the mapping stays valid; nothing is left behind in /tmp
+                try:
+                    os.rmdir(os.path.dirname(load_path))
+                except OSError:
+                    pass
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_Initialize.restype = ctypes.c_int
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
@@ -156,6 +184,11 @@ class _Engine:
             ctypes.c_void_p,
         ]
         lib.espeak_Synth.restype = ctypes.c_int
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        # eSpeak seeds its own noise generator from time(NULL) in espeak_Initialize; this resets it.
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        lib.espeak_ng_SetRandSeed.restype = None
         self.lib = lib
 
         data_dir = espeakng_loader.get_data_path()
@@ -168,7 +201,7 @@ class _Engine:
         self.chunks: list[np.ndarray] = []
         self.clauses: list[str] = []
 
-        def on_audio(wav, n, events):  # noqa: ARG001 - signature fixed by eSpeak
+        def on_audio(wav, n, events):
             if n > 0 and wav:
                 self.chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
             return 0
@@ -193,17 +226,52 @@ class _Engine:
         if not self._devnull:
             raise OSError(f"{os.devnull}: fopen failed; needed as eSpeak's phoneme trace stream")
         lib.espeak_SetPhonemeTrace(_PHONEMES_IPA, self._devnull)
+        self._libc = libc
+        libc.srand.argtypes = [ctypes.c_uint]
+        libc.srand.restype = None
         self.current_voice: str | None = None
 
-    def synth(self, voice: str, params: tuple[int, int, int, int], text: str) -> tuple[np.ndarray, str]:
+    def close(self) -> None:
+        """Terminate eSpeak and unload this library instance (only for private copies)."""
+        import _ctypes
+
         with self.lock:
-            if voice != self.current_voice:
-                err = self.lib.espeak_SetVoiceByName(voice.encode())
-                if err != _EE_OK:
-                    self.current_voice = None
-                    raise ValueError(f"eSpeak voice {voice!r}: espeak_SetVoiceByName returned {err}; "
-                                     f"expected a language from list_voices() with an optional +variant")
-                self.current_voice = voice
+            self.lib.espeak_Terminate()
+            self._libc.fclose.argtypes = [ctypes.c_void_p]
+            self._libc.fclose(self._devnull)
+            _ctypes.dlclose(self.lib._handle)
+
+    def _select(self, voice: str) -> None:
+        if voice != self.current_voice:
+            err = self.lib.espeak_SetVoiceByName(voice.encode())
+            if err != _EE_OK:
+                self.current_voice = None
+                raise ValueError(f"eSpeak voice {voice!r}: espeak_SetVoiceByName returned {err}; "
+                                 f"expected a language from list_voices() with an optional +variant")
+            self.current_voice = voice
+
+    def phonemize(self, voice: str, text: str) -> str:
+        with self.lock:
+            self._select(voice)
+            buf = ctypes.create_string_buffer(text.encode("utf-8"))
+            ptr = ctypes.c_void_p(ctypes.addressof(buf))
+            parts = []
+            # Each call translates up to the next clause end and advances ptr; NULL means the text is done.
+            while ptr.value:
+                out = self.lib.espeak_TextToPhonemes(ctypes.byref(ptr), _CHARS_UTF8, _PHONEMES_IPA)
+                if out:
+                    parts.append(out.decode("utf-8", errors="replace").strip())
+            return " ".join(p for p in parts if p)
+
+    def synth(
+        self, voice: str, params: tuple[int, int, int, int], text: str, seed: int | None = None
+    ) -> tuple[np.ndarray, str]:
+        with self.lock:
+            self._select(voice)
+            if seed is not None:
+                # eSpeak draws noise (breath, voice roughness) from its own generator and from libc rand().
+                self.lib.espeak_ng_SetRandSeed(seed & 0x7FFFFFFF)
+                self._libc.srand(seed & 0xFFFFFFFF)
             rate, pitch, prange, gap = params
             self.lib.espeak_SetParameter(_PARAM_RATE, rate, 0)
             self.lib.espeak_SetParameter(_PARAM_PITCH, pitch, 0)
@@ -225,6 +293,24 @@ class _Engine:
 
 _ENGINE: _Engine | None = None
 _ENGINE_LOCK = threading.Lock()
+_ENGINE_IS_PRIVATE = False
+
+
+def reset_engine() -> None:
+    """Start the next synthesis from eSpeak's initial state.
+
+    eSpeak NG keeps static state between calls (e.g. the pitch-flutter phase in its wave generator), so
+    one utterance's samples depend on what the process synthesised before.  This loads a fresh instance
+    of the library (a private copy of the .so, a few ms), which makes a fixed sequence of
+    ``synthesize(..., seed=...)`` calls reproducible whatever ran earlier in the process.
+    """
+    global _ENGINE, _ENGINE_IS_PRIVATE
+    with _ENGINE_LOCK:
+        old, was_private = _ENGINE, _ENGINE_IS_PRIVATE
+        _ENGINE = _Engine(private=True)
+        _ENGINE_IS_PRIVATE = True
+        if old is not None and was_private and old.pid == os.getpid():
+            old.close()
 
 
 def _engine() -> _Engine:
@@ -262,12 +348,18 @@ class EspeakSynthesizer:
         """The eSpeak voice name, ``lang`` or ``lang+variant``."""
         return f"{self.lang}+{self.variant}" if self.variant else self.lang
 
-    def synthesize_raw(self, text: str) -> tuple[np.ndarray, str]:
-        """Synthesise ``text``; return ((S,) int16 audio at 22050 Hz, raw eSpeak IPA, clauses joined by spaces)."""
+    def synthesize_raw(self, text: str, seed: int | None = None) -> tuple[np.ndarray, str]:
+        """Synthesise ``text``; return ((S,) int16 audio at 22050 Hz, raw eSpeak IPA with clauses joined by
+        spaces).  ``seed`` seeds eSpeak's noise source for this call (see :func:`reset_engine`)."""
         params = (int(self.rate), int(self.pitch), int(self.pitch_range), int(self.word_gap))
-        return _engine().synth(self.voice, params, text)
+        return _engine().synth(self.voice, params, text, seed)
 
-    def synthesize(self, text: str) -> tuple[np.ndarray, str]:
+    def phonemize(self, text: str) -> str:
+        """Raw eSpeak IPA of ``text`` without synthesising audio (``espeak_TextToPhonemes``; same
+        translation as :meth:`synthesize` gives, used to vet vocabulary cheaply)."""
+        return _engine().phonemize(self.voice, text)
+
+    def synthesize(self, text: str, seed: int | None = None) -> tuple[np.ndarray, str]:
         """Synthesise ``text``; return ((S,) float32 audio at 16 kHz, raw eSpeak IPA of the same call)."""
-        audio, ipa = self.synthesize_raw(text)
+        audio, ipa = self.synthesize_raw(text, seed)
         return resample_to_16k(audio, _engine().sample_rate), ipa
