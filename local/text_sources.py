@@ -22,9 +22,9 @@ import random
 import re
 import unicodedata
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
-__all__ = ["LANGUAGES", "DEFAULT_LANGUAGES", "LanguageSpec", "TextSource", "resolve_languages"]
+__all__ = ["DEFAULT_LANGUAGES", "LANGUAGES", "LanguageSpec", "TextSource", "resolve_languages"]
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,7 @@ def _vet(items: tuple[str, ...], voice: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cldr_phrases(locale_id: str, scripts: tuple[str, ...]) -> tuple[str, ...]:
     from babel import Locale
 
@@ -229,14 +229,14 @@ def _cldr_phrases(locale_id: str, scripts: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _wordfreq_words(lang: str, scripts: tuple[str, ...], n: int) -> tuple[str, ...]:
     import wordfreq
 
     return tuple(w for w in wordfreq.top_n_list(lang, n) if _script_ok(w, scripts))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _faker_names(locale_id: str, scripts: tuple[str, ...], n: int) -> tuple[str, ...]:
     # Only providers localised for this locale: Faker silently falls back to English ones otherwise.
     if importlib.util.find_spec(f"faker.providers.person.{locale_id}") is None:

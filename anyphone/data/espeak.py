@@ -41,8 +41,8 @@ __all__ = [
     "espeak_data_dir",
     "list_variants",
     "list_voices",
-    "reset_engine",
     "resample_to_16k",
+    "reset_engine",
 ]
 
 ESPEAK_SAMPLE_RATE = 22050
