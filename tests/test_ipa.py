@@ -57,7 +57,12 @@ ESPEAK_CASES = [
     # tone languages (tones removed by default)
     ("cmn", "你好，我是学生。", "ni2χˈɑu2 | wˈo2 s.ˈi.5 ɕyɛɜs.ˈə1ŋ", "niχɑuwoʂɨɕyɛʂəŋ"),
     ("cmn", "他和我四个人", "thˈɑ5 χˈo-ɜ wˈo2 si̪5kˈo-1 ʐˈəɜn", "tʰɑχɤwosɨkɤʐən"),
-    ("yue", "你好", "nˈei5 hˈou2", "neihou"),  # Jyutping-like, not repaired (see ESPEAK_VOICE_NOTES)
+    # yue: eSpeak spells Jyutping; lang="yue" rewrites it syllable by syllable
+    ("yue", "你好", "nˈei5 hˈou2", "neihou"),
+    ("yue", "香港人", "hˈoenɡ1 ɡˈonɡ2 jˈa4n", "hœŋkɔŋjɐn"),
+    ("yue", "學生", "ho6ksˈanɡ1", "hɔk\u031asɐŋ"),  # coda k before the next initial s
+    ("yue", "唔該", "ˈnɡ4 ɡˈoi1", "ŋ\u0329kɔy"),  # syllabic ng
+    ("yue", "群出去", "kwˈa4n cˈeo1t hˈeoiɜ", "kʷʰɐntsʰɵt\u031ahɵy"),
     ("vi", "Xin chào, tôi là sinh viên.", "sˈin tʃˈaː2w | t̪ˈoj lˌaː2 sˈiɲ vˈiɛn", "sintʃaːwt̪ojlaːsiɲviɛn"),
     ("vi", "Việt Nam", "vˈiɛ6t̪ nˈaːm", "viɛt̪naːm"),
     ("th", "ภาษาไทย", "phˌa5ssasˈai2tha2j", "phassasaithaj"),
@@ -144,6 +149,9 @@ def test_tones_removed_by_default_and_counted_when_kept() -> None:
     unknown.clear()
     assert normalize_ipa("ni2χˈɑu2 kˈuoɜ", lang="cmn", remove_tones=False, unknown=unknown) == "niχɑukuo"
     assert unknown == collections.Counter({"2": 2, "3": 1})
+    unknown.clear()
+    assert normalize_ipa("fˈaaɜt sˈaa7m", lang="yue", remove_tones=False, unknown=unknown) == "faːt\u031asaːm"
+    assert unknown == collections.Counter({"3": 1, "7": 1})
 
 
 def test_unknown_symbols_are_counted_not_silent() -> None:
@@ -228,7 +236,7 @@ def _espeak():
     ("en", "Church and judge, little bird."), ("en-us", "I think it is wonderful."),
     ("de", "Zwölf Boxkämpfer jagen Viktor."), ("fr", "Les enfants jouent."), ("pl", "Chrząszcz brzmi w trzcinie."),
     ("ru", "Съешь же ещё этих булок."), ("uk", "Доброго ранку, друже."), ("hi", "नमस्ते, आप कैसे हैं?"),
-    ("cmn", "中国人民银行"), ("vi", "Việt Nam"), ("ja", "こんにちは"), ("ko", "감사합니다"), ("cs", "třeba"),
+    ("cmn", "中国人民银行"), ("yue", "我哋係香港人"), ("vi", "Việt Nam"), ("ja", "こんにちは"), ("ko", "감사합니다"), ("cs", "třeba"),
 ])
 def test_live_espeak_output_has_no_unknown_symbols(voice: str, text: str) -> None:
     phonemes = _espeak()

@@ -149,7 +149,41 @@ _KO_FIXES: list[tuple[re.Pattern[str], str]] = [
     # the '-' after a consonant marks a tense (fortis) consonant ('p-ˈɐŋ'); no inventory symbol holds
     # tenseness, so it is dropped with the other '-'
 ]
-_VOICE_FIXES: dict[str, list[tuple[re.Pattern[str], str]]] = {
+# eSpeak NG yue (Cantonese) spells Jyutping: initial, then the final with its tone digit inside it
+# ('hˈoenɡ1', 'ɡwˈonɡ2', 'kwˈa4n', 'sˈyuɜt'; tone 3 spelled ɜ).  Codas m n p t k come after the tone
+# digit, ng / i / u before it.  We rewrite each syllable to IPA with the usual Jyutping values.
+_YUE_INITIALS = {"b": "p", "d": "t", "\u0261": "k", "p": "pʰ", "t": "tʰ", "k": "kʰ", "z": "ts", "c": "tsʰ",
+                 "\u0261w": "kʷ", "kw": "kʷʰ"}
+_YUE_SYLLABLE = re.compile(
+    r"(?P<ini>\u0261w|kw|[bpmfdtnl\u0261khzcsjwŋ])?(?P<st>[ˈˌ]?)"
+    r"(?P<nuc>aa|oe|eo|yu|a|e|i|o|u)(?P<glide>n\u0261|i|u)?(?P<tone>[1-9ɜ])"
+    r"(?P<coda>[mnptk](?!w?[ˈˌ]?[aeiouy]))?"  # a consonant before a vowel starts the next syllable
+)
+_YUE_SYLLABIC = re.compile(r"(?P<nas>n\u0261|m)(?P<tone>[1-9ɜ])")  # m4 (唔), ng5 (五)
+
+
+def _yue_syllable(m: re.Match[str]) -> str:
+    ini, nuc, glide, coda = m["ini"] or "", m["nuc"], m["glide"] or "", m["coda"] or ""
+    velar = glide == "n\u0261" or coda == "k"  # ing/ik, ung/uk have lax vowels
+    vowel = {"aa": "aː", "a": "ɐ", "oe": "œ", "eo": "ɵ", "yu": "y", "e": "ɛ", "o": "ɔ",
+             "i": "ɪ" if velar else "i", "u": "ʊ" if velar else "u"}[nuc]
+    if (nuc, glide) in (("e", "i"), ("o", "u")):
+        vowel = nuc  # ei, ou are close-mid diphthongs
+    if glide == "i" and nuc in ("eo", "o", "u"):
+        glide = "y"  # eoi [ɵy], oi [ɔy], ui [uy]
+    glide = "ŋ" if glide == "n\u0261" else glide
+    coda = coda + "\u031a" if coda in ("p", "t", "k") else coda  # unreleased final stops
+    tone = "3" if m["tone"] == "ɜ" else m["tone"]
+    return _YUE_INITIALS.get(ini, ini) + m["st"] + vowel + glide + tone + coda
+
+
+def _yue_syllabic(m: re.Match[str]) -> str:
+    return ("ŋ" if m["nas"] == "n\u0261" else "m") + "\u0329" + ("3" if m["tone"] == "ɜ" else m["tone"])
+
+
+_YUE_FIXES: list = [(_YUE_SYLLABLE, _yue_syllable), (_YUE_SYLLABIC, _yue_syllabic)]
+
+_VOICE_FIXES: dict[str, list] = {
     "cmn": _CMN_FIXES,
     "zh": _CMN_FIXES,
     "hi": _RETROFLEX_FLAP_FIXES,
@@ -162,14 +196,15 @@ _VOICE_FIXES: dict[str, list[tuple[re.Pattern[str], str]]] = {
     "as": _RETROFLEX_FLAP_FIXES,
     "or": _RETROFLEX_FLAP_FIXES,
     "ko": _KO_FIXES,
+    "yue": _YUE_FIXES,
 }
 
 # What we know about eSpeak NG voices whose IPA output is not really IPA (for the corpus builder).
 ESPEAK_VOICE_NOTES: dict[str, str] = {
     "cmn": "tones as digits (first digit of the Chao value; 3 spelled ɜ), retroflex 's.', aspiration 'h':"
     " repaired by lang='cmn'",
-    "yue": "output is Jyutping-like mnemonics (aa, oe, eo, yu, z, c, ng -> 'nɡ'), not IPA: not repaired;"
-    " avoid for training labels",
+    "yue": "output is Jyutping spelling (aa, oe, eo, yu, z, c, 'nɡ', tone inside the final), not IPA:"
+    " rewritten syllable by syllable by lang='yue' (Jyutping values, unreleased p̚ t̚ k̚)",
     "th": "Thai script is read letter by letter (no word segmentation); aspiration as 'h': avoid",
     "vi": "tones as digits; some vowels as 'e-' (hyphen dropped)",
     "ko": "aspiration as 'h', k as 'q', tense consonants as 'p-': repaired by lang='ko' (tenseness dropped)",
