@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from lhotse import CutSet
-from lhotse.dataset import DynamicBucketingSampler
+from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 from torch.utils.data import DataLoader
 
 from anyphone.data.augment import NoiseAugment, SilenceAugment, SpecAugment, SpeedPerturb, VolumePerturb
@@ -114,6 +114,10 @@ class CutFilter:
         self.factor = output_downsampling_factor
         self.max_speed = max_speed
         self.remove_diacritics = remove_diacritics
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the removal counts (``removed``: duration / channels / too_many_tokens)."""
         self.removed = {"duration": 0, "channels": 0, "too_many_tokens": 0}
 
     def __call__(self, cut: Any) -> bool:
@@ -291,6 +295,8 @@ class PhoneDataModule:
         g.add_argument("--num-buckets", type=int, default=30, help="Duration buckets of the sampler.")
         g.add_argument("--bucket-buffer-size", type=int, default=10000,
                        help="Cuts the bucketing sampler holds (they carry their FLAC bytes in memory).")
+        g.add_argument("--num-cuts-for-bins-estimate", type=int, default=10000,
+                       help="Cuts read up front to estimate the duration buckets.")
         g.add_argument("--shuffle-buffer-size", type=int, default=10000, help="Cuts in the shuffle buffer.")
         g.add_argument("--shuffle", type=str2bool, default=True, help="Shuffle shards and cuts in training.")
         g.add_argument("--drop-last", type=str2bool, default=True, help="Drop the last partial training batch.")
@@ -367,16 +373,23 @@ class PhoneDataModule:
             worker_init_fn=_WorkerInit(self.rank),
         )
 
-    def _eval_sampler(self, cuts: CutSet) -> DynamicBucketingSampler:
-        return DynamicBucketingSampler(
-            cuts,
-            max_duration=self.args.max_duration,
-            num_buckets=self.args.num_buckets,
-            shuffle=False,
-            drop_last=False,
-            world_size=1,  # every rank evaluates the full dev/test set
-            rank=0,
-        )
+    def _sampler(self, cuts: CutSet, **kwargs: Any) -> DynamicBucketingSampler | SimpleCutSampler:
+        """A bucketing sampler; for tiny sets (fewer cuts than buckets, where lhotse cannot
+        estimate bucket bins) fewer buckets, or a plain sampler below two cuts."""
+        num_buckets = self.args.num_buckets
+        head = sum(1 for _ in itertools.islice(iter(cuts), num_buckets))
+        if head < 2:
+            for k in ("buffer_size", "shuffle_buffer_size"):
+                kwargs.pop(k, None)
+            return SimpleCutSampler(cuts, max_duration=self.args.max_duration, **kwargs)
+        return DynamicBucketingSampler(cuts, max_duration=self.args.max_duration,
+                                       num_buckets=min(num_buckets, head),
+                                       num_cuts_for_bins_estimate=self._arg("num_cuts_for_bins_estimate", 10000),
+                                       **kwargs)
+
+    def _eval_sampler(self, cuts: CutSet) -> DynamicBucketingSampler | SimpleCutSampler:
+        # every rank evaluates the full dev/test set
+        return self._sampler(cuts, shuffle=False, drop_last=False, world_size=1, rank=0)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -410,10 +423,8 @@ class PhoneDataModule:
         ``set_epoch(epoch)``). Pass a saved ``sampler_state_dict`` to resume where it stopped."""
         a = self.args
         cuts, split = self.train_cuts(tokenizer)
-        sampler = DynamicBucketingSampler(
+        sampler = self._sampler(
             cuts,
-            max_duration=a.max_duration,
-            num_buckets=a.num_buckets,
             shuffle=a.shuffle,
             drop_last=a.drop_last,
             buffer_size=self._arg("bucket_buffer_size", 10000),
@@ -422,6 +433,7 @@ class PhoneDataModule:
             rank=0 if split else self.rank,
             seed=int(a.seed),
         )
+        self.train_filter.reset()  # the sampler peeked at the first cuts
         if sampler_state_dict is not None:
             log.info("resuming the training sampler from its state dict")
             sampler.load_state_dict(sampler_state_dict)
