@@ -102,6 +102,18 @@ def test_inventory_is_a_fixed_point() -> None:
     assert not unknown
 
 
+def test_normalisation_is_idempotent() -> None:
+    import random
+
+    rng = random.Random(5)
+    alphabet = list(INVENTORY) + list(IPA_EQUIVALENTS) + list("ˈˌ.| \u0361ˑ˥˩\u0301Q☃ç") + ["ã", "ĩ"]
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        once = normalize_ipa(text)
+        assert is_normalized(once)
+        assert normalize_ipa(once) == once, (text, once)
+
+
 def test_unicode_policy_nfc_and_nfd_agree() -> None:
     # precomposed (NFC) and decomposed inputs give the same tokens; ç is re-composed, ã is split
     for s in ["ãçẽ", "façade", "ɲũ"]:

@@ -209,6 +209,12 @@ ESPEAK_VOICE_NOTES: dict[str, str] = {
     "vi": "tones as digits; some vowels as 'e-' (hyphen dropped)",
     "ko": "aspiration as 'h', k as 'q', tense consonants as 'p-': repaired by lang='ko' (tenseness dropped)",
     "hi": "retroflex flap written 'r.': repaired by lang='hi' (also mr, bn, ur, ne, pa, gu, as, or)",
+    # ASCII mnemonics that leak and are left to the `unknown` counter (seen on babel place names):
+    "ky": "many mnemonics leak (S, Z, N, X, '[' after consonants, 'oe'): avoid",
+    "ga": "'A' leaks (ˈAfɹɪk)",
+    "uz": "'S' leaks (tSˈyɫy)",
+    "lb": "'X' leaks (ʀˈoːX)",
+    "pa": "'+' leaks (pu+ʈˈan)",
 }
 
 
@@ -267,7 +273,9 @@ def normalize_ipa(
             continue
         elif unknown is not None:
             unknown[ch] += 1
-    result = "".join(out)
+    # dropping symbols can leave combining marks side by side in non-canonical order: re-sort them so
+    # that normalisation is idempotent
+    result = unicodedata.normalize("NFD", "".join(out)).replace("c\u0327", "ç")
     if remove_diacritics:
         result = "".join(ch for ch in result if ch not in MODIFIERS)
     return result
