@@ -17,7 +17,11 @@ Unicode policy (fixed):
      the equivalence table :data:`IPA_EQUIVALENTS`, the documented drop list :data:`IPA_DROPPED`
      (stress, boundaries, tie bars, phonetic detail the inventory cannot hold), the inventory.  Anything
      else is counted in ``unknown`` and dropped.
-  6. With ``remove_diacritics`` the 15 modifiers are removed last (so ``ɫ`` -> ``l``, ``ɚ`` -> ``ə``).
+  6. The result is put back in canonical order (NFD, ``ç`` re-composed), so normalisation is idempotent.
+  7. With ``remove_diacritics`` the 15 modifiers are removed last (so ``ɫ`` -> ``l``, ``ɚ`` -> ``ə``).
+
+Voice repairs exist for cmn/zh, yue, ko and the Indic voices with the 'r.' flap (hi mr bn ur ne pa gu as
+or); pass the eSpeak voice as ``lang`` when labelling eSpeak output.
 
 This module must not import torch.
 """
