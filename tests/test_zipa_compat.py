@@ -169,3 +169,11 @@ def test_keys_manifest(manifest, preset, ods):
             if k.split(".")[0] not in ("encoder_embed", "encoder")
         )
         assert n_ours + head == ref["total_params"]
+        try:  # the whole transducer, once anyphone.models.transducer provides it
+            from anyphone.models.transducer import TransducerModel
+        except ImportError:
+            return
+        with torch.device("meta"):
+            full = TransducerModel(cfg)
+        assert [(k, list(v.shape)) for k, v in full.state_dict().items()] == ref_keys
+        assert sum(p.numel() for p in full.parameters()) == ref["total_params"]
