@@ -14,6 +14,8 @@ REF = SHARED / "fbank_reference.pt"
 # lhotse itself reproduces the stored reference only to ~4e-6 on this machine (FFT rounding
 # differs between builds), so 1e-5 is the tightest tolerance that is not machine-specific.
 ATOL = 1e-5
+# cuFFT vs pocketfft: on an H100 the largest difference was 8.1e-5 (low-energy bins, after the log)
+ATOL_GPU = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def test_module_on_padded_audio_and_device(ref):
     assert sum(p.requires_grad for p in module.parameters()) == 0
     feats, feat_lens = module(audio.to(device), lens.to(device))
     assert feats.device.type == device
-    torch.testing.assert_close(feats.cpu(), ref["x"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(feats.cpu(), ref["x"], atol=ATOL if device == "cpu" else ATOL_GPU, rtol=0)
     assert feat_lens.cpu().tolist() == [100, 64]
 
 
