@@ -173,6 +173,8 @@ def test_list_and_remove(offline_cache):
     freed = hub.remove_model("zipa-cr-small-300k")
     assert freed > 1000
     assert not (offline_cache / "models--anyspeech--zipa-small-crctc-300k").exists()
+    # the other repo shares the commit hash but must survive
+    assert (offline_cache / "models--someone--zipa-custom" / "snapshots" / COMMIT / "y_avg.pth").is_file()
     assert not {r.name: r for r in hub.list_models()}["zipa-cr-small-300k"].cached
     with pytest.raises(hub.ModelNotAvailableError, match="not in the Hub cache"):
         hub.remove_model("zipa-cr-small-300k")

@@ -18,6 +18,7 @@ Public API::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import warnings
@@ -454,7 +455,10 @@ def remove_model(name: str, cache_dir: str | os.PathLike | None = None) -> int:
     if repo is None:
         raise ModelNotAvailableError(f"model {name!r} ({repo_id}) is not in the Hub cache {cache}; nothing to remove")
     hashes = [rv.commit_hash for rv in repo.revisions]
-    strategy = info.delete_revisions(*hashes)
+    # delete_revisions looks hashes up across every cached repo; restrict the cache view to this repo so a
+    # commit hash shared with another repo (mirrors, forks) cannot delete the wrong one.
+    only_this = dataclasses.replace(info, repos=frozenset({repo}), size_on_disk=repo.size_on_disk)
+    strategy = only_this.delete_revisions(*hashes)
     freed = int(strategy.expected_freed_size)
     strategy.execute()
     # delete_revisions leaves the repo folder when refs/ or blobs/ remain empty-ish; tidy it up.
