@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -242,3 +243,54 @@ def test_offline_env_read_at_call_time_in_fresh_process(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True,
                          timeout=60)
     assert "ModelNotAvailableError" in out.stdout and "zipa-t-small-300k" in out.stdout, out.stderr
+
+
+def test_download_model_with_fake_hub(tmp_path, monkeypatch):
+    """download_model against a stand-in for the Hub API: file choice, revision refs, then offline reuse."""
+    import huggingface_hub
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    files = ["README.md", "model.int8.onnx", "tokens.txt", "zipa_small_crctc_300000_avg10.pth", "b_avg5.pth",
+             "exp/tokens.txt"]
+    calls = []
+
+    listing = {"files": files}
+
+    def fake_info(self, repo_id, revision=None, files_metadata=False):
+        calls.append(("info", repo_id, revision))
+        return SimpleNamespace(sha=COMMIT, siblings=[SimpleNamespace(rfilename=f) for f in listing["files"]])
+
+    def fake_download(repo_id, filename, *, revision=None, cache_dir=None, **kw):
+        calls.append(("get", filename, revision))
+        repo_dir = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+        if filename.endswith(".pth"):
+            buf = tmp_path / "sd.pth"
+            torch.save(_tiny_state_dict(), buf)
+            data = buf.read_bytes()
+        else:
+            data = TOKENS.encode() if filename.endswith("tokens.txt") else b"onnx"
+        return str(_add_blob(repo_dir, filename, data, commit=revision))
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", fake_info)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    mf = hub.download_model("zipa-cr-small-300k", revision="v1.0", extra_patterns=["*.onnx"])
+    # ZIPA's rule: first (sorted) *avg*.pth; top-level tokens.txt preferred; pinned to the resolved commit
+    assert mf.checkpoint.name == "b_avg5.pth" and mf.tokens.name == "tokens.txt"
+    assert mf.tokens.parent.name == COMMIT and mf.revision == COMMIT
+    assert [p.name for p in mf.extra] == ["model.int8.onnx"]
+    assert calls[0] == ("info", "anyspeech/zipa-small-crctc-300k", "v1.0")
+    assert all(c[2] == COMMIT for c in calls[1:])
+    repo_dir = cache / "models--anyspeech--zipa-small-crctc-300k"
+    assert (repo_dir / "refs" / "v1.0").read_text() == COMMIT
+    # now offline: the pinned revision resolves from the cache without any further call
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    n = len(calls)
+    assert hub.resolve_model("zipa-cr-small-300k", revision="v1.0").checkpoint == mf.checkpoint
+    assert len(calls) == n
+    # unknown checkpoint layout: a clear error
+    listing["files"] = ["model.onnx"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(hub.ModelNotAvailableError, match="no checkpoint found"):
+        hub.download_model("someone/other-model")

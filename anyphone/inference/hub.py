@@ -9,7 +9,7 @@ Public API::
 
     MODELS                       # dict name -> ModelSpec (the registry)
     resolve_model(name_or_path, revision=None, cache_dir=None) -> ModelFiles
-    download_model(name, revision=None, cache_dir=None) -> ModelFiles
+    download_model(name, revision=None, cache_dir=None, extra_patterns=None) -> ModelFiles
     list_models(cache_dir=None) -> list[ModelStatus]
     remove_model(name, cache_dir=None) -> int                    # bytes freed
     load_state_dict(path) -> dict[str, torch.Tensor]
@@ -19,10 +19,11 @@ Public API::
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import os
 import pickle
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,7 @@ class ModelFiles:
     name: str | None = None
     repo_id: str | None = None
     revision: str | None = None
+    extra: list[Path] = field(default_factory=list)  # files fetched for download_model(extra_patterns=...)
 
 
 @dataclass
@@ -341,16 +343,32 @@ def _resolve_dir(path: Path) -> ModelFiles:
     return ModelFiles(path / ckpt, tok if tok.is_file() else None, fam, size, name=path.name)
 
 
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Transport errors of whichever HTTP client this huggingface_hub release uses (httpx2, httpx or requests)."""
+    import importlib
+
+    found: list[type[BaseException]] = []
+    for mod, attr in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
+        try:
+            found.append(getattr(importlib.import_module(mod), attr))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
 def download_model(
     name: str,
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    extra_patterns: list[str] | None = None,
 ) -> ModelFiles:
     """Download a registry model (or any ZIPA-style Hub repo id) into the standard cache and return its files.
 
-    Only the checkpoint and ``tokens.txt`` are fetched (not the ONNX exports). ``revision`` (branch, tag or
+    Only the checkpoint and ``tokens.txt`` are fetched, plus any repo files matching ``extra_patterns``
+    (fnmatch patterns such as ``["*.onnx"]``; returned in ``ModelFiles.extra``). ``revision`` (branch, tag or
     commit hash) pins the version. Files already in the cache are not fetched again. In offline mode this
-    returns the cached files or raises :class:`ModelNotAvailableError`.
+    returns the cached files or raises :class:`ModelNotAvailableError`; without network it raises
+    :class:`ModelNotAvailableError` naming the model and the transport error.
     """
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import (
@@ -374,7 +392,10 @@ def download_model(
             raise ModelNotAvailableError(
                 f"model {label!r} ({repo_id}) is not in the Hub cache {cache} and HF_HUB_OFFLINE is set; "
                 f"{_download_hint(label, repo_id)}")
-        return _model_files(found, spec, repo_id, snap.name)
+        mf = _model_files(found, spec, repo_id, snap.name)
+        mf.extra = [snap / f for f in _snapshot_files(snap)
+                    if extra_patterns and any(fnmatch.fnmatch(f, p) for p in extra_patterns)]
+        return mf
 
     try:
         info = HfApi().model_info(repo_id, revision=revision, files_metadata=False)
@@ -388,12 +409,15 @@ def download_model(
         # Download by commit hash so checkpoint and tokens come from the same revision.
         ckpt_path = hf_hub_download(repo_id, ckpt, revision=commit or revision, cache_dir=cache)
         tok_path = hf_hub_download(repo_id, tok, revision=commit or revision, cache_dir=cache) if tok else None
+        extra = [Path(hf_hub_download(repo_id, f, revision=commit or revision, cache_dir=cache))
+                 for f in files if extra_patterns and f not in (ckpt, tok)
+                 and any(fnmatch.fnmatch(f, p) for p in extra_patterns)]
     except ModelNotAvailableError:
         raise
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as e:
         raise ModelNotAvailableError(
             f"model {label!r}: {repo_id}@{revision or 'main'} not found on the Hub ({type(e).__name__})") from e
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, *_network_errors()) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelNotAvailableError(
             f"model {label!r}: could not download {repo_id}@{revision or 'main'} into {cache}: {first}") from e
@@ -406,7 +430,9 @@ def download_model(
             ref.write_text(commit)
         except OSError:
             pass
-    return _model_files((Path(ckpt_path), Path(tok_path) if tok_path else None), spec, repo_id, commit)
+    mf = _model_files((Path(ckpt_path), Path(tok_path) if tok_path else None), spec, repo_id, commit)
+    mf.extra = extra
+    return mf
 
 
 def _scan(cache: Path) -> Any | None:
