@@ -322,8 +322,10 @@ def synthesize_shard(job: ShardJob) -> dict:
     unknown: collections.Counter = collections.Counter()
     per_lang: dict[str, list[float]] = {}
     voices: collections.Counter = collections.Counter()
+    # mtime=0 in the gzip and tar headers: identical content gives byte-identical shards.
     with open(tmp_tar, "wb") as ftar, tarfile.open(fileobj=ftar, mode="w|") as tar, \
-            gzip.open(tmp_cuts, "wt", encoding="utf-8", compresslevel=5) as fcuts:
+            open(tmp_cuts, "wb") as fraw, gzip.GzipFile(fileobj=fraw, mode="wb", compresslevel=5, mtime=0) as gz, \
+            io.TextIOWrapper(gz, encoding="utf-8") as fcuts:
         for u in job.utterances:
             res = synthesize_utterance(u, unknown)
             if res is None:
