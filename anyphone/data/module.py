@@ -17,6 +17,7 @@ point and lets the sampler split batches across DDP ranks.
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import logging
 from collections.abc import Sequence
@@ -250,8 +251,9 @@ class PhoneDataModule:
     Args:
       args: parsed arguments from :meth:`add_arguments`.
       world_size, rank: DDP layout (default: from torch.distributed when initialised, else 1/0).
-        Train shards are split across ranks when every train directory has at least
-        ``world_size`` shards; otherwise the sampler splits batches across ranks.
+        With ``--repeat-train true`` train shards are split across ranks when every train
+        directory has at least ``world_size`` shards; otherwise the sampler splits batches across
+        ranks (which also keeps the number of batches per rank equal within an epoch).
       output_downsampling_factor: encoder frame-rate divisor after the 50 Hz subsampling (1 for
         CR-CTC, 2 for the transducer) used by the token-count filter; defaults to
         ``args.output_downsampling_factor`` when present, else 1.
@@ -399,7 +401,13 @@ class PhoneDataModule:
         if not a.train_shar:
             raise ValueError("no training data: pass --train-shar DIR[:WEIGHT] at least once")
         specs = [parse_weighted_dir(s) for s in a.train_shar]
-        split = self.world_size > 1 and all(len(shar_fields(d)["cuts"]) >= self.world_size for d, _ in specs)
+        # Shard-level split saves each rank from reading all data, but ranks can then run out of
+        # batches at different times; only an infinite (repeated) stream makes that safe for DDP.
+        split = (
+            a.repeat_train
+            and self.world_size > 1
+            and all(len(shar_fields(d)["cuts"]) >= self.world_size for d, _ in specs)
+        )
         cuts = open_train_shars(
             specs,
             seed=int(a.seed),
@@ -436,7 +444,7 @@ class PhoneDataModule:
         self.train_filter.reset()  # the sampler peeked at the first cuts
         if sampler_state_dict is not None:
             log.info("resuming the training sampler from its state dict")
-            sampler.load_state_dict(sampler_state_dict)
+            sampler.load_state_dict(copy.deepcopy(sampler_state_dict))  # lhotse empties the dict
         return self._loader(self._dataset(tokenizer, train=True), sampler, a.num_workers)
 
     def dev_dataloader(self, tokenizer: Any) -> DataLoader:
