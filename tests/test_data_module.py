@@ -247,3 +247,14 @@ def test_augment_units_keep_shapes():
     assert aug.shape == feats.shape
     assert torch.all(aug[1, 200:] == 0) and torch.all(aug[2, 50:] == 0)
     assert not torch.equal(aug[0], feats[0])
+
+
+def test_noise_bank_from_shar_dir(shars):
+    root, _, _ = shars
+    aug = NoiseAugment(p=1.0, snr_range=(5, 5), noise_dir=root / "b", kind_weights={
+        "white": 0, "pink": 0, "brown": 0, "hum": 0, "babble": 0}, seed=0)
+    assert aug.kinds == ["file"]
+    x = aug.make_noise("file", 40000, [])  # longer than any noise cut: tiled
+    assert x.shape == (40000,) and abs(np.sqrt(np.mean(x**2)) - 1) < 1e-3
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        NoiseAugment(noise_dir=root / "nope")

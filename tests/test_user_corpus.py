@@ -193,3 +193,16 @@ def test_download_fails_fast_offline(tmp_path: Path):
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "HF_HUB_OFFLINE" in err[0] and "anyspeech/some-shards" in err[0]
     assert not list((tmp_path / "dl").rglob("*.tar"))
+
+
+def test_download_fails_fast_when_hub_unreachable(tmp_path: Path):
+    # port 9 (discard) on localhost is closed: the connection is refused at once
+    env = dict(os.environ, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "local" / "download_ipapack.py"), "--repo-id", "anyspeech/x",
+         "--out-dir", str(tmp_path / "dl")],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "cannot reach the Hugging Face hub at http://127.0.0.1:9" in err[0]
