@@ -72,6 +72,11 @@ def test_arguments_and_str2bool():
     assert [parse_weighted_dir(s) for s in a.train_shar] == [("/x/a", 1.0), ("/x/b", 0.25)]
     assert a.snr_range == (5.0, 20.0) and a.fbank_on_device is True and a.enable_spec_aug is True
     assert a.remove_diacritics is False and a.shuffle is True and a.drop_last is True
+    # options the trainer already defines (e.g. --seed) are shared, not redefined
+    p = argparse.ArgumentParser()
+    p.add_argument("--seed", type=int, default=5)
+    PhoneDataModule.add_arguments(p)
+    assert p.parse_args([]).seed == 5 and p.parse_args(["--seed", "9"]).seed == 9
 
 
 def test_frame_rule():

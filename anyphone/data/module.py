@@ -282,7 +282,17 @@ class PhoneDataModule:
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("data", "Shar inputs, batching, augmentation and features")
+        group = parser.add_argument_group("data", "Shar inputs, batching, augmentation and features")
+
+        class _Group:
+            """Adds an option unless the parser already has it (e.g. --seed from the training
+            loop), so the two argument sets combine in one parser."""
+
+            def add_argument(self, flag: str, **kwargs: Any) -> None:
+                if flag not in parser._option_string_actions:
+                    group.add_argument(flag, **kwargs)
+
+        g = _Group()
         g.add_argument("--train-shar", action="append", default=[], metavar="DIR[:WEIGHT]",
                        help="Training Shar directory with an optional sampling weight; repeatable.")
         g.add_argument("--dev-shar", action="append", default=[], metavar="DIR",
