@@ -413,18 +413,8 @@ def build_corpus(out_dir: str | Path, hours: float = 3.0, languages: str | list[
     budgets = {"train": hours * 3600.0, "dev": dev_minutes * 60.0, "test": test_minutes * 60.0}
 
     t0 = time.time()
-    sources = {c: TextSource(c) for c in codes}
-    spw = {c: _seconds_per_word(c, sources[c]) for c in codes}
-    taken: set[str] = set()
-    plans: dict[str, list[Utterance]] = {}
-    for split in SPLITS:
-        plans[split] = plan_split(split, codes, budgets[split], seed, sources, spw, taken)
-        taken.update(u.text for u in plans[split])
-    print(f"planned {sum(len(p) for p in plans.values())} utterances in {len(codes)} languages "
-          f"({time.time() - t0:.1f} s)", flush=True)
-
-    summary_splits: dict[str, dict] = {}
-    split_texts: dict[str, set[str]] = {}
+    # Decide per split: complete (skip), resumable (same settings), or to (re)build.
+    status: dict[str, dict | None] = {}
     for split in SPLITS:
         split_dir = out_dir / split
         state_dir = out_dir / ".state" / split
@@ -438,14 +428,38 @@ def build_corpus(out_dir: str | Path, hours: float = 3.0, languages: str | list[
             shutil.rmtree(split_dir, ignore_errors=True)
             shutil.rmtree(state_dir, ignore_errors=True)
             old = None
+        status[split] = old
+
+    plans: dict[str, list[Utterance]] = {}
+    if not all(st is not None and st.get("complete") for st in status.values()):
+        # Plans of later splits depend on the sentences of earlier ones, so plan all splits.
+        sources = {c: TextSource(c) for c in codes}
+        spw = {c: _seconds_per_word(c, sources[c]) for c in codes}
+        taken: set[str] = set()
+        for split in SPLITS:
+            plans[split] = plan_split(split, codes, budgets[split], seed, sources, spw, taken)
+            taken.update(u.text for u in plans[split])
+        print(f"planned {sum(len(p) for p in plans.values())} utterances in {len(codes)} languages "
+              f"({time.time() - t0:.1f} s)", flush=True)
+
+    summary_splits: dict[str, dict] = {}
+    split_texts: dict[str, set[str]] = {}
+    for split in SPLITS:
+        split_dir = out_dir / split
+        state_dir = out_dir / ".state" / split
+        marker = out_dir / ".state" / f"{split}.json"
+        fp = _split_fingerprint(split, codes, budgets[split], seed, shard_size, flac_level)
         split_dir.mkdir(parents=True, exist_ok=True)
         state_dir.mkdir(parents=True, exist_ok=True)
-        plan = plans[split]
-        shards = [plan[i:i + shard_size] for i in range(0, len(plan), shard_size)]
+        old = status[split]
         if old is not None and old.get("complete"):
-            print(f"{split}: complete in {split_dir} ({len(shards)} shards), skipping (--force rebuilds)")
+            n_shards = int(old["shards"])
+            print(f"{split}: complete in {split_dir} ({n_shards} shards), skipping (--force rebuilds)")
         else:
-            marker.write_text(json.dumps({"fingerprint": fp, "complete": False, "shards": len(shards)}))
+            plan = plans[split]
+            shards = [plan[i:i + shard_size] for i in range(0, len(plan), shard_size)]
+            n_shards = len(shards)
+            marker.write_text(json.dumps({"fingerprint": fp, "complete": False, "shards": n_shards}))
             todo = [ShardJob(str(split_dir), str(state_dir), k, s, flac_level)
                     for k, s in enumerate(shards) if not _shard_done(split_dir, state_dir, k)]
             if len(todo) < len(shards):
@@ -462,15 +476,15 @@ def build_corpus(out_dir: str | Path, hours: float = 3.0, languages: str | list[
                     st = synthesize_shard(job)
                     bar.update(st["cuts"] + st["dropped"])
             bar.close()
-            marker.write_text(json.dumps({"fingerprint": fp, "complete": True, "shards": len(shards)}))
+            marker.write_text(json.dumps({"fingerprint": fp, "complete": True, "shards": n_shards}))
         stats = []
-        for k in range(len(shards)):
+        for k in range(n_shards):
             with open(state_dir / f"shard.{k:06d}.json", encoding="utf-8") as f:
                 stats.append(json.load(f))
         split_texts[split] = {t for st in stats for t in st["texts"]}
         summary_splits[split] = _aggregate(stats)
         summary_splits[split]["dir"] = str(split_dir)
-        summary_splits[split]["shards"] = len(shards)
+        summary_splits[split]["shards"] = n_shards
 
     overlap = len(split_texts["test"] & split_texts["train"])
     summary = {
