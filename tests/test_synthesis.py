@@ -209,3 +209,22 @@ def test_complete_splits_are_skipped_and_changed_settings_refused(tiny_corpus, c
     assert {p.name: p.stat().st_mtime_ns for p in (out / "train").iterdir()} == mtimes
     with pytest.raises(RuntimeError, match="--force"):
         _build(out, seed=5)
+
+
+def test_interrupted_split_resumes_missing_shards(tiny_corpus, tmp_path):
+    import json
+    import shutil
+
+    out, _ = tiny_corpus
+    work = tmp_path / "copy"
+    shutil.copytree(out, work)
+    before = _digest(work / "train")
+    marker = work / ".state" / "train.json"
+    state = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**state, "complete": False}))
+    last = f"{state['shards'] - 1:06d}"
+    for p in (work / "train" / f"cuts.{last}.jsonl.gz", work / "train" / f"recording.{last}.tar"):
+        p.unlink()
+    _build(work)
+    assert _digest(work / "train") == before
+    assert json.loads(marker.read_text())["complete"]

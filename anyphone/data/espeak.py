@@ -334,6 +334,9 @@ class EspeakSynthesizer:
         pitch: base pitch 0-100 (50 normal).
         pitch_range: pitch range 0-100 (0 monotone, 50 normal).
         word_gap: extra pause between words, in units of 10 ms.
+
+    eSpeak seeds its noise generator from the clock and keeps static state between calls, so for
+    bit-identical audio pass ``seed=`` and call :func:`reset_engine` before a fixed sequence of calls.
     """
 
     lang: str
