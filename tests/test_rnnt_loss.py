@@ -354,3 +354,27 @@ def test_agrees_with_fast_rnnt():
     torch.testing.assert_close(f1, f2, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(torch.autograd.grad(f1, full_logits)[0], torch.autograd.grad(f2, full_logits)[0],
                                rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("triton", ["1", "0"])
+def test_cuda_matches_cpu(monkeypatch, triton):
+    """CUDA path (Triton kernels when available, else the PyTorch loops) against CPU float64."""
+    monkeypatch.setenv("ANYPHONE_RNNT_TRITON", triton)
+    am, lm, symbols = _batch(B=4, T=30, U=12, V=9, seed=31)
+    boundary = _boundary([12, 7, 0, 3], [30, 17, 4, 3])
+
+    def run(device):
+        a = am.to(device).requires_grad_()
+        b = lm.to(device).requires_grad_()
+        bd = boundary.to(device)
+        loss, (pxg, pyg) = R.rnnt_loss_smoothed(b, a, symbols.to(device), 0, 0.25, 0.1, bd, reduction="none",
+                                                return_grad=True)
+        ranges = R.get_rnnt_prune_ranges(pxg, pyg, bd, 3)
+        ap, lp = R.do_rnnt_pruning(a, b, ranges)
+        pruned = R.rnnt_loss_pruned(torch.tanh(ap + lp) * 3, symbols.to(device), ranges, 0, bd, reduction="none")
+        grads = torch.autograd.grad(loss.sum() + pruned.sum(), [a, b])
+        return [t.detach().cpu() for t in (loss, pruned, pxg, pyg, ranges, *grads)]
+
+    for got, want in zip(run("cuda"), run("cpu")):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)

@@ -22,6 +22,7 @@ Only the "regular" RNN-T topology (several symbols per frame) is implemented.
 from __future__ import annotations
 
 import logging
+import os
 from types import SimpleNamespace
 
 import torch
@@ -111,6 +112,10 @@ def _from_diagonals(values: Tensor, index: Tensor, like: Tensor) -> Tensor:
 def _mi_forward(X: Tensor, Y: Tensor) -> Tensor:
     """Forward pass over diagonals. X, Y: (D, B, S+1) edge log-probs; returns alpha (D, B, S+1)."""
     D, B, S1 = X.shape
+    if _use_triton(X):
+        out = _triton_call("mi_forward", X, Y)
+        if out is not None:
+            return out
     alpha = X.new_full((D, B, S1), _NEG_INF)
     alpha[0, :, 0] = 0.0
     via_y = X.new_empty(B, S1)
@@ -133,21 +138,122 @@ def _edge_posteriors(X: Tensor, Y: Tensor, alpha: Tensor, end_d: Tensor, end_s: 
     """
     D, B, S1 = X.shape
     with torch.no_grad():
-        w_x = torch.exp(alpha[:-1, :, :-1] + X[:-1, :, :-1] - alpha[1:, :, 1:])
+        # w_x[d, b, s]: x-edge from (d, s) to (d+1, s+1); its last column (no such edge) stays 0
+        w_x = X.new_zeros(D - 1, B, S1)
+        torch.exp(alpha[:-1, :, :-1] + X[:-1, :, :-1] - alpha[1:, :, 1:], out=w_x[:, :, :-1])
         w_y = torch.exp(alpha[:-1] + Y[:-1] - alpha[1:])
         # unreachable destination: -inf - -inf = nan; such edges carry nothing
         torch.nan_to_num_(w_x, nan=0.0)
         torch.nan_to_num_(w_y, nan=0.0)
         gamma = X.new_zeros(D, B, S1)
         gamma[end_d, torch.arange(B, device=X.device), end_s] = 1.0
-        for d in range(D - 2, -1, -1):
-            gamma[d].addcmul_(w_y[d], gamma[d + 1])
-            gamma[d, :, :-1].addcmul_(w_x[d], gamma[d + 1, :, 1:])
+        if not (_use_triton(X) and _triton_call("gamma", w_x, w_y, gamma)):
+            for d in range(D - 2, -1, -1):
+                gamma[d].addcmul_(w_y[d], gamma[d + 1])
+                gamma[d, :, :-1].addcmul_(w_x[d, :, :-1], gamma[d + 1, :, 1:])
         grad_x = X.new_zeros(D, B, S1)
-        grad_x[:-1, :, :-1] = w_x * gamma[1:, :, 1:]
+        grad_x[:-1, :, :-1] = w_x[:, :, :-1] * gamma[1:, :, 1:]
         grad_y = X.new_zeros(D, B, S1)
         grad_y[:-1] = w_y * gamma[1:]
     return grad_x, grad_y
+
+
+# --------------------------------------------------------------------------------------------
+# Optional Triton kernels for CUDA: the diagonal loops above launch ~5 tiny kernels per
+# diagonal, which is launch-bound on a GPU; these run a whole utterance's loop in one program.
+# --------------------------------------------------------------------------------------------
+
+_TRITON: object = None  # None: not tried yet; False: unavailable; else the module
+
+
+def _use_triton(x: Tensor) -> bool:
+    global _TRITON
+    if not x.is_cuda or os.environ.get("ANYPHONE_RNNT_TRITON", "1") == "0" or x.shape[2] > 8192:
+        return False
+    if _TRITON is None:
+        try:
+            _TRITON = _build_triton_kernels()
+        except (ImportError, AttributeError, RuntimeError) as e:  # the torch loops still work
+            _LOG.info(f"{_FILE}: Triton kernels unavailable ({e}); using the PyTorch loops")
+            _TRITON = False
+    return _TRITON is not False
+
+
+def _build_triton_kernels() -> SimpleNamespace:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def mi_forward_kernel(X, Y, A, D, B, S1, BLOCK: tl.constexpr):
+        b = tl.program_id(0)
+        s = tl.arange(0, BLOCK)
+        in_row = s < S1
+        has_left = in_row & (s > 0)
+        row = b * S1
+        step = B * S1
+        neg = float("-inf")
+        prev = tl.where(s == 0, tl.zeros([BLOCK], dtype=A.dtype.element_ty), neg)
+        tl.store(A + row + s, prev, mask=in_row)
+        for d in range(1, D):
+            tl.debug_barrier()  # diagonal d-1 was written by other threads of this program
+            base = (d - 1) * step + row
+            left = tl.load(A + base + s - 1, mask=has_left, other=neg)
+            via_x = left + tl.load(X + base + s - 1, mask=has_left, other=neg)
+            via_y = prev + tl.load(Y + base + s, mask=in_row, other=neg)
+            m = tl.maximum(via_x, via_y)
+            m = tl.where(m == neg, 0.0, m)
+            cur = m + tl.log(tl.exp(via_x - m) + tl.exp(via_y - m))
+            tl.store(A + d * step + row + s, cur, mask=in_row)
+            prev = cur
+
+    @triton.jit
+    def gamma_kernel(WX, WY, G, D, B, S1, BLOCK: tl.constexpr):
+        b = tl.program_id(0)
+        s = tl.arange(0, BLOCK)
+        in_row = s < S1
+        has_right = (s + 1) < S1
+        row = b * S1
+        step = B * S1
+        nxt = tl.load(G + (D - 1) * step + row + s, mask=in_row, other=0.0)
+        for i in range(D - 1):
+            d = D - 2 - i
+            tl.debug_barrier()  # diagonal d+1 was written by other threads of this program
+            right = tl.load(G + (d + 1) * step + row + s + 1, mask=has_right, other=0.0)
+            wx = tl.load(WX + d * step + row + s, mask=in_row, other=0.0)
+            wy = tl.load(WY + d * step + row + s, mask=in_row, other=0.0)
+            seed = tl.load(G + d * step + row + s, mask=in_row, other=0.0)
+            cur = seed + wy * nxt + wx * right
+            tl.store(G + d * step + row + s, cur, mask=in_row)
+            nxt = cur
+
+    def launch_args(x: Tensor) -> tuple[int, int, int]:
+        block = max(32, triton.next_power_of_2(x.shape[2]))
+        return x.shape[1], block, max(1, min(8, block // 128))
+
+    def mi_forward(X: Tensor, Y: Tensor) -> Tensor:
+        D, B, S1 = X.shape
+        A = torch.empty_like(X)
+        nb, block, warps = launch_args(X)
+        mi_forward_kernel[(nb,)](X.contiguous(), Y.contiguous(), A, D, B, S1, BLOCK=block, num_warps=warps)
+        return A
+
+    def gamma(w_x: Tensor, w_y: Tensor, G: Tensor) -> None:
+        D, B, S1 = G.shape
+        nb, block, warps = launch_args(G)
+        gamma_kernel[(nb,)](w_x.contiguous(), w_y.contiguous(), G, D, B, S1, BLOCK=block, num_warps=warps)
+
+    return SimpleNamespace(mi_forward=mi_forward, gamma=gamma)
+
+
+def _triton_call(name: str, *args: Tensor):
+    """Run a Triton kernel wrapper; on a compile/launch failure disable Triton and return None."""
+    global _TRITON
+    try:
+        return getattr(_TRITON, name)(*args) if name == "mi_forward" else (getattr(_TRITON, name)(*args) or True)
+    except Exception as e:  # noqa: BLE001 - any compiler/driver error: fall back to the torch loops
+        _LOG.warning(f"{_FILE}: Triton kernel {name} failed ({e}); using the PyTorch loops")
+        _TRITON = False
+        return None
 
 
 def _mutual_information(
