@@ -1,0 +1,107 @@
+"""Phone posteriorgram pictures: frame probabilities of the most active phones over time, with the recognised
+phones written under the picture at their timestamps (matplotlib, Agg backend; no display needed)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["plot_posteriorgram"]
+
+log = logging.getLogger("anyphone.plot")
+
+# Code points DejaVu Sans (matplotlib's default font) lacks, drawn as a look-alike sequence instead.
+_DISPLAY = {"\u1d91": "\u0257\u0322"}  # ᶑ (implosive retroflex) -> ɗ + combining retroflex hook
+
+
+def _show(token: str) -> str:
+    return "".join(_DISPLAY.get(ch, ch) for ch in token)
+
+
+def plot_posteriorgram(result, path: str | os.PathLike, *, max_rows: int = 24, start: float = 0.0,
+                       end: float | None = None, max_seconds: float = 30.0, title: str | None = None) -> Path:
+    """Draw ``result.posteriors`` (from ``recognize(..., return_result=True, keep_posteriors=True)``) to ``path``.
+
+    Rows are the ``max_rows`` tokens with the largest peak probability in the window (blank first, in grey),
+    time runs along x in seconds, and the recognised phones are written under the picture at their start times.
+    Results longer than ``max_seconds`` are drawn from ``start`` to ``start + max_seconds`` unless ``end`` is
+    given (a posteriorgram of an hour is not readable).
+
+    Returns:
+        The PNG path.
+    Raises:
+        ValueError: the result holds no posteriors.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    post = getattr(result, "posteriors", None)
+    if post is None:
+        raise ValueError("plot_posteriorgram: the result has no posteriors; recognise with keep_posteriors=True")
+    id2token = list(result.id2token)
+    shift = float(result.frame_shift)
+    total = post.shape[0] * shift
+    if end is None:
+        end = min(total, start + max_seconds)
+        if total > start + max_seconds:
+            log.warning("plot: %.1f s of audio, drawing %.1f-%.1f s only (pass end= for more)", total, start, end)
+    f0, f1 = max(0, round(start / shift)), max(0, min(post.shape[0], round(end / shift)))
+    window = post[f0:f1] if f1 > f0 else np.zeros((1, len(id2token)), dtype=np.float32)
+    blank = int(result.blank_id)
+
+    peak = window.max(axis=0)
+    peak[blank] = -1.0
+    order = [int(i) for i in np.argsort(-peak, kind="stable") if peak[i] > 0.02][: max(1, max_rows - 1)]
+    # rows in order of first strong appearance, so the picture reads left to right like the transcript
+    first = {i: int(np.argmax(window[:, i] >= 0.5 * peak[i])) for i in order}
+    order.sort(key=lambda i: first[i])
+    rows = [blank] + order
+    labels = [_show(id2token[i]) for i in rows]
+    img = window[:, rows].T  # (R, T)
+
+    seconds = max(end - start, shift)
+    width = float(np.clip(2.0 + seconds * 2.2, 7.0, 40.0))
+    height = 1.6 + 0.28 * len(rows)
+    fig, (ax, lab) = plt.subplots(2, 1, figsize=(width, height), sharex=True,
+                                  gridspec_kw={"height_ratios": [max(3, len(rows)), 2.2], "hspace": 0.05})
+    extent = (start, start + img.shape[1] * shift, len(rows) - 0.5, -0.5)
+    im = ax.imshow(img, aspect="auto", interpolation="nearest", cmap="Greys", vmin=0.0, vmax=1.0, extent=extent)
+    im_blank = np.ma.masked_all_like(img)
+    im_blank[0] = img[0]
+    ax.imshow(im_blank, aspect="auto", interpolation="nearest", cmap="Blues", vmin=0.0, vmax=1.6, extent=extent)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(labels, fontsize=11)
+    ax.set_ylabel("token")
+    for y in np.arange(0.5, len(rows) - 0.5):
+        ax.axhline(y, color="#e6e6e6", lw=0.5)
+    name = Path(str(result.source)).name if getattr(result, "source", None) else "audio"
+    ax.set_title(title or f"{name}: phone posteriorgram ({len(result.phones)} phones, {total:.2f} s)", fontsize=11)
+    cbar = fig.colorbar(im, ax=[ax, lab], fraction=0.015, pad=0.01)
+    cbar.set_label("posterior")
+
+    lab.set_ylim(0, 1)
+    lab.set_yticks([])
+    for side in ("left", "right", "top"):
+        lab.spines[side].set_visible(False)
+    shown = [s for s in result.segments if start <= s.start < end]
+    for k, seg in enumerate(shown):
+        x = seg.start + min(seg.duration, shift) / 2
+        y = 0.68 if k % 2 == 0 else 0.25  # two staggered lines so neighbours never overlap
+        lab.text(x, y, _show(seg.phone), ha="center", va="center", fontsize=13)
+        lab.axvline(seg.start, ymin=y + 0.18, ymax=1.0, color="#b0b0b0", lw=0.6)
+        ax.axvline(seg.start, color="#d62728", lw=0.6, alpha=0.5)
+    if not shown:
+        lab.text((start + end) / 2, 0.5, "(no phones)", ha="center", va="center", fontsize=11, color="#888888")
+    lab.set_xlabel("time (s)")
+    lab.set_xlim(start, start + img.shape[1] * shift)
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
