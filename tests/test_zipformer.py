@@ -267,3 +267,20 @@ def test_presets_and_flags():
         get_preset("small").replace(num_heads="4,4")
     with pytest.raises(ValueError, match="unknown model size"):
         get_preset("huge")
+
+
+def test_export_code_paths_match_eager(monkeypatch):
+    # While exporting, rel_to_abs gathers instead of striding and SimpleDownsample always pads;
+    # results must be identical.
+    import anyphone.models.subsampling as sub
+    import anyphone.models.zipformer as zf
+
+    torch.manual_seed(0)
+    model = CtcModel(get_preset("fixture_tiny")).eval()
+    x, lens = _batch(n=3, t=123)
+    with torch.no_grad():
+        ref, ref_lens = model.forward_encoder(x, lens)
+        monkeypatch.setattr(zf, "is_exporting", lambda: True)
+        monkeypatch.setattr(sub, "is_exporting", lambda: True)
+        out, out_lens = model.forward_encoder(x, lens)
+    assert torch.equal(out, ref) and torch.equal(out_lens, ref_lens)

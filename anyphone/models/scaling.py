@@ -35,6 +35,7 @@ __all__ = [
     "SwooshR",
     "Whiten",
     "convert_num_channels",
+    "is_exporting",
     "limit_param_value",
     "penalize_abs_values_gt",
     "scaled_conv2d",
@@ -43,6 +44,16 @@ __all__ = [
     "swoosh_l",
     "swoosh_r",
 ]
+
+
+def is_exporting() -> bool:
+    """True while tracing, scripting or exporting (ONNX / torch.export): avoid data-dependent Python."""
+    return (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_exporting()
+    )
 
 
 # ---------------------------------------------------------------------------------------------

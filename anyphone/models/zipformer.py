@@ -31,22 +31,41 @@ from .scaling import (
     Whiten,
     convert_num_channels,
     int_tuple,
+    is_exporting,
     limit_param_value,
     penalize_abs_values_gt,
     scaled_linear,
     whitening_schedule,
 )
 
-__all__ = ["Zipformer2", "make_pad_mask"]
+__all__ = ["Zipformer2", "make_pad_mask", "rel_to_abs"]
 
 # Masked attention scores are set to this (not -inf) so fully-masked rows stay finite; exp(-1000) == 0.
 _MASK_SCORE = -1000.0
 
 
 def make_pad_mask(lengths: Tensor, max_len: int = 0) -> Tensor:
-    """(N,) lengths -> (N, max(max_len, max(lengths))) bool mask, True at padded positions."""
-    n = max(max_len, int(lengths.max()))
+    """(N,) lengths -> (N, max(max_len, max(lengths))) bool mask, True at padded positions.
+
+    While exporting, ``max_len`` (> 0) is used as is, so the mask follows the input's symbolic length.
+    """
+    n = max_len if max_len > 0 and is_exporting() else max(max_len, int(lengths.max()))
     return torch.arange(n, device=lengths.device).unsqueeze(0) >= lengths.unsqueeze(1)
+
+
+def rel_to_abs(pos_scores: Tensor) -> Tensor:
+    """(H, N, T, 2T-1) scores by relative offset (column c = offset + T - 1) -> (H, N, T, T) scores
+    by key position: element (i, j) takes column (T - 1) - i + j, i.e. offset j - i.
+
+    A zero-copy strided view normally; a gather while exporting (ONNX has no as_strided).
+    """
+    h, n, t, _ = pos_scores.shape
+    if is_exporting():
+        rows = torch.arange(t - 1, -1, -1, device=pos_scores.device).unsqueeze(1)
+        idx = (rows + torch.arange(t, device=pos_scores.device)).expand(h, n, t, t)
+        return torch.gather(pos_scores, -1, idx)
+    s = pos_scores.stride()
+    return pos_scores.as_strided((h, n, t, t), (s[0], s[1], s[2] - s[3], s[3]), storage_offset=s[3] * (t - 1))
 
 
 def _balancer_prob_default() -> ScheduledFloat:
@@ -539,7 +558,11 @@ class SimpleDownsample(nn.Module):
         t, n, c = src.shape
         t_out = (t + ds - 1) // ds
         pad = t_out * ds - t
-        if pad:
+        if is_exporting():
+            # exported graphs must pad for every length, not just the traced one: index, don't branch
+            idx = torch.arange(t_out * ds, device=src.device).clamp(max=t - 1)
+            src = src.index_select(0, idx)
+        elif pad:
             src = torch.cat((src, src[-1:].expand(pad, n, c)), dim=0)
         w = self.bias.softmax(dim=0).to(src.dtype)
         return (src.reshape(t_out, ds, n, c) * w.reshape(1, ds, 1, 1)).sum(dim=1)
@@ -678,11 +701,7 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
             pe = pe.reshape(-1, 2 * t - 1, h, pd).permute(2, 0, 3, 1)  # (H, 1, pd, 2T-1)
             pos_scores = torch.matmul(p, pe)  # (H, N, T, 2T-1), column = offset + T - 1
             # Relative -> absolute: element (i, j) takes column (T-1) - i + j, i.e. offset j - i.
-            s = pos_scores.stride()
-            pos_scores = pos_scores.as_strided(
-                (h, n, t, t), (s[0], s[1], s[2] - s[3], s[3]), storage_offset=s[3] * (t - 1)
-            )
-            scores = scores + pos_scores
+            scores = scores + rel_to_abs(pos_scores)
 
         if self.training and random.random() < 0.1:
             # failsafe against implausibly large scores (gradient-only)
