@@ -12,7 +12,7 @@ import torch
 
 from anyphone.decoding.transducer import greedy_search_batch, modified_beam_search
 from anyphone.models.presets import get_preset
-from anyphone.models.transducer import Decoder, Joiner, TransducerModel
+from anyphone.models.transducer import Decoder, Joiner, TransducerModel, transducer_loss_scales
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "zipa"
 
@@ -155,6 +155,12 @@ def test_pruned_loss_matches_full_loss_with_wide_range():
     boundary = torch.tensor([[0, 0, 3, 9], [0, 0, 1, 6]])
     full = rnnt_loss(logits, y, 0, boundary, reduction="sum")
     torch.testing.assert_close(pruned, full, rtol=1e-5, atol=1e-4)
+
+
+def test_loss_scales_warm_up():
+    assert transducer_loss_scales(0) == (1.0, 0.1)
+    assert transducer_loss_scales(1000, warm_step=2000) == pytest.approx((0.75, 0.55))
+    assert transducer_loss_scales(5000, warm_step=2000, simple_loss_scale=0.3) == (0.3, 1.0)
 
 
 # ----------------------------------------------------------------------------- decoding

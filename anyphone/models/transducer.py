@@ -18,7 +18,7 @@ from .ctc import build_encoder, forward_encoder
 from .presets import ZipformerConfig
 from .scaling import Balancer, scaled_linear
 
-__all__ = ["Decoder", "Joiner", "TransducerModel", "pad_token_ids"]
+__all__ = ["Decoder", "Joiner", "TransducerModel", "pad_token_ids", "transducer_loss_scales"]
 
 _FILE = "anyphone/models/transducer.py"
 
@@ -232,3 +232,17 @@ class TransducerModel(nn.Module):
         if self.use_ctc:
             return simple_loss, pruned_loss, self.forward_ctc(encoder_out, encoder_out_lens, token_ids)
         return simple_loss, pruned_loss
+
+
+def transducer_loss_scales(batch_idx_train: int, warm_step: int = 2000,
+                           simple_loss_scale: float = 0.5) -> tuple[float, float]:
+    """(simple_scale, pruned_scale) for ``loss = simple_scale * simple + pruned_scale * pruned``.
+
+    icefall's warm-up: the simple loss weight falls linearly from 1 to ``simple_loss_scale`` and
+    the pruned loss weight rises from 0.1 to 1 over the first ``warm_step`` batches (the pruning
+    ranges come from the simple loss, so it must be trained first).
+    """
+    if batch_idx_train >= warm_step:
+        return simple_loss_scale, 1.0
+    frac = batch_idx_train / warm_step
+    return 1.0 - frac * (1.0 - simple_loss_scale), 0.1 + 0.9 * frac
