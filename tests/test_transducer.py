@@ -27,7 +27,6 @@ def _fixture():
 @pytest.fixture(scope="module")
 def ref_model():
     f = _fixture()
-    torch.set_num_threads(1)
     model = TransducerModel(get_preset("fixture_tiny")).eval()
     model.load_state_dict(f["state_dict"], strict=True)
     return f, model
