@@ -1,0 +1,569 @@
+"""ONNX export of Zipformer CR-CTC and transducer models (torch.export based, dynamic batch and time).
+
+Files written (``<stem>`` is the name you pass; ``.fp16`` / ``.int8`` variants sit beside them):
+
+CTC / CR-CTC: one model ``<stem>.onnx``
+    inputs   x (N, T, 80) float32 zero-padded fbank, x_lens (N,) int64
+    outputs  log_probs (N, T', V) float32, log_prob_lens (N,) int64      T' = (T - 7) // 2
+
+Transducer: three models, as icefall's ``export-onnx.py`` splits them
+    encoder-<stem>.onnx  x (N, T, 80), x_lens (N,) -> encoder_out (N, T', J), encoder_out_lens (N,)
+                         T' = ((T - 7) // 2 + 1) // 2.  encoder_out is ALREADY projected by
+                         ``joiner.encoder_proj`` (J = joiner_dim), so the greedy loop never re-projects it.
+    decoder-<stem>.onnx  y (N, context) int64 (-1 = no token) -> decoder_out (N, J), already projected
+                         by ``joiner.decoder_proj``
+    joiner-<stem>.onnx   encoder_out (N, J), decoder_out (N, J) -> logit (N, V)
+                         (i.e. ``joiner(..., project_input=False)``)
+
+Precisions:
+  * fp32: the exported graph.
+  * fp16 (``.fp16.onnx``): weights and internal arithmetic in float16, graph inputs/outputs kept float32
+    (Cast nodes at the boundary) so callers feed and read float32 as for fp32.  Done with onnx's own
+    tooling, no onnxconverter-common: see :func:`convert_to_fp16`.
+  * int8 (``.int8.onnx``): onnxruntime dynamic quantisation of MatMul/Gemm weights (per-tensor,
+    QInt8 by default), activations quantised on the fly.  Convolutions stay float32.
+
+Every model carries metadata (``model_type``, ``vocab_size``, ``frame_shift_ms``,
+``subsampling_factor``, ``sample_rate``, ``feature_dim``, ``context_size``, ``blank_id``, ...) so the
+runtime (``anyphone.inference.onnx_runtime``) needs no torch and no config file.
+
+Export notes.  A few code paths of the eager model are written for speed or for training and do not
+trace with symbolic shapes (``int(x_lens.max())`` checks, a cached positional-encoding table whose
+size depends on T, a Python ``if`` on the downsampling padding).  :func:`export_friendly` swaps in
+equivalent forward functions on the module *instances* for the duration of the export only; the
+parity tests compare the resulting ONNX graphs with the eager model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import types
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CtcExportWrapper",
+    "DecoderExportWrapper",
+    "EncoderExportWrapper",
+    "JoinerExportWrapper",
+    "add_meta_data",
+    "convert_to_fp16",
+    "export_ctc_model",
+    "export_friendly",
+    "export_transducer_model",
+    "quantize_int8",
+]
+
+log = logging.getLogger("anyphone.export")
+
+SAMPLE_RATE = 16000
+FRAME_SHIFT_MS = 10  # fbank frame shift
+
+
+# ---------------------------------------------------------------------------------------------
+# Export-friendly forward functions (same arithmetic as the eager modules, no data-dependent Python)
+# ---------------------------------------------------------------------------------------------
+
+
+def _pad_mask(lens: Tensor, t: int | torch.SymInt) -> Tensor:
+    """(N,) lengths -> (N, t) bool, True at padding; t is the (symbolic) padded length."""
+    return torch.arange(t, device=lens.device).unsqueeze(0) >= lens.unsqueeze(1)
+
+
+def _subsampling_forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
+    # Conv2dSubsampling.forward minus the int(x_lens.max()) check; Whiten/Dropout are identity in eval.
+    x = self.conv(x.unsqueeze(1))
+    x = self.convnext(x)
+    n, c, t, f = x.shape
+    x = x.transpose(1, 2).reshape(n, t, c * f)
+    x = self.out_norm(self.out(x))
+    x_lens = torch.div(x_lens - 7, 2, rounding_mode="floor")
+    return x, x_lens
+
+
+def _simple_downsample_forward(self, src: Tensor) -> Tensor:
+    # Always concatenates the (possibly empty) padding block instead of branching on its size.
+    ds = self.downsample
+    if ds == 1:
+        return src * self.bias.softmax(dim=0)
+    t, n, c = src.shape
+    t_out = (t + ds - 1) // ds
+    pad = t_out * ds - t
+    src = torch.cat((src, src[-1:].expand(pad, n, c)), dim=0)
+    w = self.bias.softmax(dim=0).to(src.dtype)
+    return (src.reshape(t_out, ds, n, c) * w.reshape(1, ds, 1, 1)).sum(dim=1)
+
+
+def _rel_pos_forward(self, x: Tensor) -> Tensor:
+    # CompactRelPositionalEncoding computed in-graph for exactly offsets -(T-1)..T-1 (no cached table,
+    # whose size would fix T).  Each row depends only on its offset, so values equal the eager table's.
+    t = x.shape[0]
+    d = self.embed_dim
+    off = torch.arange(2 * t - 1, device=x.device).to(torch.float32) - (t - 1)
+    off = off.unsqueeze(1)
+    freqs = torch.arange(1, d // 2 + 1, device=x.device).to(torch.float32)
+    comp = d**0.5
+    x_comp = comp * off.sign() * ((off.abs() + comp).log() - math.log(comp))
+    length_scale = self.length_factor * d / (2.0 * math.pi)
+    x_atan = (x_comp / length_scale).atan()
+    ang = x_atan * freqs  # (2T-1, d/2)
+    # interleave cos/sin as columns 0::2 / 1::2, then force the last column to 1
+    pe = torch.stack((ang.cos(), ang.sin()), dim=-1).reshape(2 * t - 1, d)
+    pe = torch.cat((pe[:, :-1], torch.ones_like(pe[:, :1])), dim=1)
+    return pe.to(x.dtype).unsqueeze(0)
+
+
+def _rel_attn_weights_forward(
+    self, x: Tensor, pos_emb: Tensor, key_padding_mask: Tensor | None = None, attn_mask: Tensor | None = None
+) -> Tensor:
+    # RelPositionMultiheadAttentionWeights in eval, with the relative->absolute shift done by gather
+    # (as_strided on symbolic shapes does not map cleanly onto ONNX).
+    x = self.in_proj(x)
+    h, qd, pd = self.num_heads, self.query_head_dim, self.pos_head_dim
+    t, n, _ = x.shape
+    q = x[..., : h * qd].reshape(t, n, h, qd).permute(2, 1, 0, 3)
+    k = x[..., h * qd : 2 * h * qd].reshape(t, n, h, qd).permute(2, 1, 3, 0)
+    p = x[..., 2 * h * qd :].reshape(t, n, h, pd).permute(2, 1, 0, 3)
+    scores = torch.matmul(q, k)  # (H, N, T, T)
+    pe = self.linear_pos(pos_emb).reshape(-1, 2 * t - 1, h, pd).permute(2, 0, 3, 1)  # (H, 1, pd, 2T-1)
+    pos_scores = torch.matmul(p, pe)  # (H, N, T, 2T-1), column c = offset + T - 1
+    # element (i, j) takes column (T - 1) - i + j
+    rows = torch.arange(t, device=x.device)
+    idx = (t - 1) - rows.unsqueeze(1) + rows.unsqueeze(0)  # (T, T)
+    idx = idx.expand(pos_scores.shape[0], pos_scores.shape[1], t, t)
+    scores = scores + torch.gather(pos_scores, -1, idx)
+    if attn_mask is not None:
+        scores = scores.masked_fill(attn_mask, -1000.0)
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(key_padding_mask.unsqueeze(1), -1000.0)
+    return scores.softmax(dim=-1)
+
+
+def _patch_table() -> dict[type, Any]:
+    from anyphone.models import subsampling, zipformer
+
+    return {
+        subsampling.Conv2dSubsampling: _subsampling_forward,
+        zipformer.SimpleDownsample: _simple_downsample_forward,
+        zipformer.CompactRelPositionalEncoding: _rel_pos_forward,
+        zipformer.RelPositionMultiheadAttentionWeights: _rel_attn_weights_forward,
+    }
+
+
+@contextlib.contextmanager
+def export_friendly(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, the model's modules use export-friendly forwards (eval-mode semantics).
+
+    Patches only the instances inside ``model`` (not the classes), and removes the patches on exit.
+    """
+    table = _patch_table()
+    patched: list[nn.Module] = []
+    try:
+        for m in model.modules():
+            fn = table.get(type(m))
+            if fn is not None:
+                m.forward = types.MethodType(fn, m)
+                patched.append(m)
+        yield model
+    finally:
+        for m in patched:
+            m.__dict__.pop("forward", None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wrappers: the exact computation of each ONNX graph
+# ---------------------------------------------------------------------------------------------
+
+
+def _encode(encoder_embed: nn.Module, encoder: nn.Module, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
+    x, lens = encoder_embed(x, x_lens)
+    mask = _pad_mask(lens, x.shape[1])
+    out, out_lens = encoder(x.permute(1, 0, 2), lens, mask)
+    return out.permute(1, 0, 2), out_lens
+
+
+class CtcExportWrapper(nn.Module):
+    """x (N, T, 80), x_lens (N,) -> (log_probs (N, T', V), log_prob_lens (N,))."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.encoder_embed = model.encoder_embed
+        self.encoder = model.encoder
+        self.ctc_output = model.ctc_output
+
+    def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
+        out, lens = _encode(self.encoder_embed, self.encoder, x, x_lens)
+        return self.ctc_output(out), lens
+
+
+class EncoderExportWrapper(nn.Module):
+    """x (N, T, 80), x_lens (N,) -> (joiner.encoder_proj(encoder_out) (N, T', J), lens (N,))."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.encoder_embed = model.encoder_embed
+        self.encoder = model.encoder
+        self.encoder_proj = model.joiner.encoder_proj
+
+    def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
+        out, lens = _encode(self.encoder_embed, self.encoder, x, x_lens)
+        return self.encoder_proj(out), lens
+
+
+class DecoderExportWrapper(nn.Module):
+    """y (N, context) int64 -> joiner.decoder_proj(decoder(y, need_pad=False)) (N, J)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.decoder = model.decoder
+        self.decoder_proj = model.joiner.decoder_proj
+
+    def forward(self, y: Tensor) -> Tensor:
+        out = self.decoder(y, need_pad=False)  # (N, 1, decoder_dim)
+        return self.decoder_proj(out.squeeze(1))
+
+
+class JoinerExportWrapper(nn.Module):
+    """(encoder_out (N, J), decoder_out (N, J)), both projected -> logit (N, V)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.joiner = model.joiner
+
+    def forward(self, encoder_out: Tensor, decoder_out: Tensor) -> Tensor:
+        return self.joiner(encoder_out, decoder_out, project_input=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def add_meta_data(path: str | Path, meta: dict[str, Any]) -> None:
+    """Store ``meta`` (values stringified) as ONNX metadata_props of the model at ``path``, in place."""
+    import onnx
+
+    m = onnx.load(str(path))
+    existing = {p.key: p for p in m.metadata_props}
+    for k, v in meta.items():
+        p = existing.get(k) or m.metadata_props.add()
+        p.key = k
+        p.value = v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    onnx.save(m, str(path))
+
+
+def _torch_export(
+    module: nn.Module,
+    args: tuple[Tensor, ...],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_shapes: dict[str, dict[int, Any]],
+    opset: int,
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module.eval()
+    # backed_size_oblivious: do not specialise symbolic sizes on 0/1 checks (broadcasting, padding
+    # of the last downsampling block), which otherwise makes torch.export reject a free T or N.
+    # Capturing the program ourselves (rather than letting torch.onnx.export retry with "suggested
+    # fixes", which silently constrains T) keeps the graph general and halves export time.
+    with (
+        torch.no_grad(),
+        warnings.catch_warnings(),
+        torch.fx.experimental._config.patch(backed_size_oblivious=True),
+    ):
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(
+            module,
+            args,
+            dynamic_shapes=dynamic_shapes,
+            strict=False,
+            prefer_deferred_runtime_asserts_over_guards=True,
+        )
+        prog = torch.onnx.export(
+            ep,
+            args,
+            dynamo=True,
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=opset,
+            optimize=True,
+            verbose=False,
+        )
+    # one self-contained file (the tiny..large models are all < 2 GB)
+    prog.save(str(path), external_data=False)
+
+
+def _example_features(feature_dim: int, batch: int = 2, frames: int = 200) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, frames, feature_dim, generator=g)
+    lens = torch.tensor([frames - 37 * i for i in range(batch)], dtype=torch.int64)
+    for i, n in enumerate(lens.tolist()):
+        x[i, n:] = 0.0
+    return x, lens
+
+
+def _feature_dynamic_shapes() -> dict[str, dict[int, Any]]:
+    dim = torch.export.Dim
+    n = dim("N", min=1, max=1024)
+    # T >= 23 keeps every stack (down to 1/16 of 50 Hz) at least a frame long and T - 7 positive
+    t = dim("T", min=23, max=100_000)
+    return {"x": {0: n, 1: t}, "x_lens": {0: n}}
+
+
+def convert_to_fp16(
+    src: str | Path,
+    dst: str | Path,
+    keep_io_types: bool = True,
+    keep_fp32_ops: tuple[str, ...] = (),
+) -> None:
+    """Convert an fp32 ONNX model to fp16 with onnx's own tools (no onnxconverter-common).
+
+    Float32 initializers and tensor constants become float16 (clipped to +-65504), Cast-to-float32
+    nodes cast to float16, ConstantOfShape without a value gets a float16 zero.  With
+    ``keep_io_types`` the float32 graph inputs/outputs stay float32 behind boundary Cast nodes, so a
+    caller feeds and reads float32 exactly as with the fp32 model.  Nodes whose op type is in
+    ``keep_fp32_ops`` keep running in float32 (their float inputs are cast up, outputs cast down, and
+    initializers used only by them stay float32).
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.load(str(src))
+    g = m.graph
+    f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
+    # element types of every value in the fp32 graph, to know which edges need casts
+    inferred = onnx.shape_inference.infer_shapes(m)
+    elem: dict[str, int] = {}
+    for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        elem[vi.name] = vi.type.tensor_type.elem_type
+    for t in g.initializer:
+        elem[t.name] = t.data_type
+
+    def conv_tensor(t: onnx.TensorProto) -> onnx.TensorProto:
+        arr = numpy_helper.to_array(t).astype(np.float32)
+        return numpy_helper.from_array(np.clip(arr, -65504.0, 65504.0).astype(np.float16), t.name)
+
+    blocked = [n for n in g.node if n.op_type in keep_fp32_ops]
+    fp32_only_inits: set[str] = set()
+    if blocked:
+        users: dict[str, list[onnx.NodeProto]] = {}
+        for n in g.node:
+            for i in n.input:
+                users.setdefault(i, []).append(n)
+        fp32_only_inits = {t.name for t in g.initializer
+                           if all(u.op_type in keep_fp32_ops for u in users.get(t.name, []))}
+
+    for i, t in enumerate(g.initializer):
+        if t.data_type == f32 and t.name not in fp32_only_inits:
+            g.initializer[i].CopyFrom(conv_tensor(t))
+    for node in g.node:
+        if node.op_type in ("Loop", "If", "Scan"):
+            raise ValueError(f"convert_to_fp16: {src} has a {node.op_type} subgraph, which is not supported")
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == f32:
+                a.t.CopyFrom(conv_tensor(a.t))
+            if node.op_type == "Cast" and a.name == "to" and a.i == f32:
+                a.i = f16
+        if node.op_type == "ConstantOfShape" and not any(a.name == "value" for a in node.attribute):
+            # the default value is a float32 zero
+            node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(np.zeros(1, np.float16))))
+
+    # blocked nodes: cast float inputs up to float32 and their float outputs back down to float16
+    out_nodes: list[onnx.NodeProto] = []
+    for node in g.node:
+        if node.op_type not in keep_fp32_ops:
+            out_nodes.append(node)
+            continue
+        for k, name in enumerate(node.input):
+            if name and elem.get(name) == f32 and name not in fp32_only_inits:
+                up = f"{name}__{node.name}_f32"
+                out_nodes.append(helper.make_node("Cast", [name], [up], to=f32, name=up + "_cast"))
+                node.input[k] = up
+        out_nodes.append(node)
+        for k, name in enumerate(node.output):
+            if name and elem.get(name) == f32:
+                inner = f"{name}__f32"
+                node.output[k] = inner
+                out_nodes.append(helper.make_node("Cast", [inner], [name], to=f16, name=name + "_cast16"))
+
+    float_inputs = [i for i in g.input if i.type.tensor_type.elem_type == f32]
+    float_outputs = [o for o in g.output if o.type.tensor_type.elem_type == f32]
+    head: list[onnx.NodeProto] = []
+    if keep_io_types:
+        for inp in float_inputs:
+            inner = inp.name + "__f16"
+            for node in out_nodes:
+                for k, name in enumerate(node.input):
+                    if name == inp.name:
+                        node.input[k] = inner
+            head.append(helper.make_node("Cast", [inp.name], [inner], to=f16, name=inner + "_cast"))
+        for out in float_outputs:
+            inner = out.name + "__f16"
+            for node in out_nodes:
+                for k, name in enumerate(node.output):
+                    if name == out.name:
+                        node.output[k] = inner
+                for k, name in enumerate(node.input):
+                    if name == out.name:
+                        node.input[k] = inner
+            out_nodes.append(helper.make_node("Cast", [inner], [out.name], to=f32, name=out.name + "_cast32"))
+    else:
+        for v in (*float_inputs, *float_outputs):
+            v.type.tensor_type.elem_type = f16
+    del g.node[:]
+    g.node.extend(head + out_nodes)
+    # value_info carries stale float32 types; onnxruntime re-infers them
+    del g.value_info[:]
+    onnx.checker.check_model(m)
+    onnx.save(m, str(dst))
+
+
+def quantize_int8(src: str | Path, dst: str | Path, weight_type: str = "QInt8") -> None:
+    """Dynamic int8 quantisation of MatMul/Gemm weights with onnxruntime (per-tensor)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    qt = {"QInt8": QuantType.QInt8, "QUInt8": QuantType.QUInt8}.get(weight_type)
+    if qt is None:
+        raise ValueError(f"quantize_int8: weight_type={weight_type!r}, expected QInt8 or QUInt8")
+    quantize_dynamic(
+        model_input=str(src),
+        model_output=str(dst),
+        op_types_to_quantize=["MatMul", "Gemm"],
+        weight_type=qt,
+    )
+
+
+def _variants(path: Path, fp16: bool, int8: bool) -> list[Path]:
+    """Write the requested fp16 / int8 siblings of the fp32 model at ``path``; returns all paths."""
+    add_meta_data(path, {"precision": "fp32"})
+    out = [path]
+    if fp16:
+        p16 = path.with_name(path.stem + ".fp16.onnx")
+        convert_to_fp16(path, p16)
+        add_meta_data(p16, {"precision": "fp16"})
+        out.append(p16)
+    if int8:
+        p8 = path.with_name(path.stem + ".int8.onnx")
+        quantize_int8(path, p8)
+        add_meta_data(p8, {"precision": "int8"})
+        out.append(p8)
+    return out
+
+
+def _common_meta(cfg: Any, model_type: str, subsampling: int, vocab_size: int) -> dict[str, Any]:
+    return {
+        "model_type": model_type,
+        "framework": "anyphone",
+        "vocab_size": vocab_size,
+        "blank_id": 0,
+        "sample_rate": SAMPLE_RATE,
+        "feature_dim": int(getattr(cfg, "feature_dim", 80)),
+        "frame_shift_ms": FRAME_SHIFT_MS,
+        "subsampling_factor": subsampling,
+        "output_frame_shift_ms": FRAME_SHIFT_MS * subsampling,
+        "model_size": str(getattr(cfg, "name", "custom")),
+        "fbank": "kaldi fbank: 80 mel bins 20..7600 Hz, povey window, dither 0, snip_edges false, "
+        "waves in [-1, 1], batches zero-padded",
+        "comment": "exported by anyphone.export.onnx",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def export_ctc_model(
+    model: nn.Module,
+    out_path: str | Path,
+    *,
+    fp16: bool = False,
+    int8: bool = False,
+    opset: int = 18,
+    extra_meta: dict[str, Any] | None = None,
+) -> list[Path]:
+    """Export a CtcModel to ``out_path`` (fp32) plus ``.fp16.onnx`` / ``.int8.onnx`` beside it.
+
+    Returns the written paths, fp32 first.
+    """
+    model = model.eval()
+    cfg = model.cfg
+    out_path = Path(out_path)
+    wrapper = CtcExportWrapper(model).eval()
+    x, lens = _example_features(cfg.feature_dim)
+    with export_friendly(wrapper):
+        _torch_export(
+            wrapper, (x, lens), out_path, ["x", "x_lens"], ["log_probs", "log_prob_lens"],
+            _feature_dynamic_shapes(), opset,
+        )
+    vocab = int(model.ctc_output[1].out_features)
+    meta = _common_meta(cfg, "ctc", 2, vocab)
+    meta.update({"context_size": 0, "config": json.dumps(cfg.to_dict())})
+    meta.update(extra_meta or {})
+    add_meta_data(out_path, meta)
+    return _variants(out_path, fp16, int8)
+
+
+def export_transducer_model(
+    model: nn.Module,
+    out_dir: str | Path,
+    suffix: str = "",
+    *,
+    fp16: bool = False,
+    int8: bool = False,
+    opset: int = 18,
+    extra_meta: dict[str, Any] | None = None,
+) -> dict[str, list[Path]]:
+    """Export a TransducerModel as ``{encoder,decoder,joiner}-<suffix>.onnx`` (+ fp16 / int8 variants)
+    in ``out_dir``; ``suffix`` "" gives ``encoder.onnx`` etc.  Returns {part: [paths, fp32 first]}.
+    """
+    model = model.eval()
+    cfg = model.cfg
+    out_dir = Path(out_dir)
+    tag = f"-{suffix}" if suffix else ""
+    context = int(getattr(model.decoder, "context_size", cfg.context_size))
+    joiner_dim = int(model.joiner.encoder_proj.out_features)
+    vocab = int(model.joiner.output_linear.out_features)
+    meta = _common_meta(cfg, "transducer", 4, vocab)
+    meta.update({"context_size": context, "joiner_dim": joiner_dim, "config": json.dumps(cfg.to_dict())})
+    meta.update(extra_meta or {})
+    paths: dict[str, Path] = {}
+
+    enc = EncoderExportWrapper(model).eval()
+    x, lens = _example_features(cfg.feature_dim)
+    paths["encoder"] = out_dir / f"encoder{tag}.onnx"
+    with export_friendly(enc):
+        _torch_export(enc, (x, lens), paths["encoder"], ["x", "x_lens"], ["encoder_out", "encoder_out_lens"],
+                      _feature_dynamic_shapes(), opset)
+
+    dim = torch.export.Dim
+    dec = DecoderExportWrapper(model).eval()
+    y = torch.tensor([[-1, 0], [3, 7], [9, 4]], dtype=torch.int64)[:, -context:] if context <= 2 else \
+        torch.randint(0, vocab, (3, context))
+    paths["decoder"] = out_dir / f"decoder{tag}.onnx"
+    _torch_export(dec, (y,), paths["decoder"], ["y"], ["decoder_out"],
+                  {"y": {0: dim("N", min=1, max=4096)}}, opset)
+
+    join = JoinerExportWrapper(model).eval()
+    e = torch.randn(3, joiner_dim)
+    d = torch.randn(3, joiner_dim)
+    nj = dim("N", min=1, max=1_000_000)
+    paths["joiner"] = out_dir / f"joiner{tag}.onnx"
+    _torch_export(join, (e, d), paths["joiner"], ["encoder_out", "decoder_out"], ["logit"],
+                  {"encoder_out": {0: nj}, "decoder_out": {0: nj}}, opset)
+
+    out: dict[str, list[Path]] = {}
+    for part, p in paths.items():
+        add_meta_data(p, {**meta, "part": part})
+        out[part] = _variants(p, fp16, int8)
+    return out
