@@ -7,7 +7,6 @@ Keys: ``encoder_embed.*`` (Conv2dSubsampling), ``encoder.*`` (Zipformer2, output
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .presets import ZipformerConfig
@@ -15,7 +14,7 @@ from .scaling import ScheduledFloat
 from .subsampling import Conv2dSubsampling
 from .zipformer import Zipformer2, make_pad_mask
 
-__all__ = ["CtcModel", "build_encoder", "forward_encoder"]
+__all__ = ["CtcModel", "build_encoder", "count_parameters", "forward_encoder"]
 
 
 def build_encoder(
@@ -102,8 +101,3 @@ class CtcModel(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of parameter elements (works on the meta device too)."""
     return sum(p.numel() for p in model.parameters())
-
-
-def _meta_model(cfg: ZipformerConfig) -> CtcModel:
-    with torch.device("meta"):
-        return CtcModel(cfg)
