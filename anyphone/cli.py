@@ -91,7 +91,8 @@ def _plot_path(plot: str, name: str, many: bool) -> Path:
     p = Path(plot)
     if not many:
         return p
-    stem = Path(name).with_suffix("").as_posix().replace("/", "_")
+    n = Path(name)
+    stem = n.stem if n.is_absolute() or name.startswith("..") else n.with_suffix("").as_posix().replace("/", "_")
     return p.with_name(f"{p.stem}-{stem}{p.suffix or '.png'}")
 
 

@@ -199,6 +199,21 @@ def _shapes_match(family: str, cfg: ZipformerConfig, sd: Mapping[str, Any], use_
 _LAYER_RE = re.compile(r"^encoder\.encoders\.(\d+)\.(?:encoder\.)?layers\.(\d+)\.")
 
 
+def _stack_signature(sd: Mapping[str, Any]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(layers per stack, encoder dim per stack) read off the key names and norm biases."""
+    layers: dict[int, set[int]] = {}
+    dims: dict[int, int] = {}
+    for k, v in sd.items():
+        m = _LAYER_RE.match(k)
+        if m:
+            i = int(m.group(1))
+            layers.setdefault(i, set()).add(int(m.group(2)))
+            if k.endswith(".norm.bias"):
+                dims[i] = int(v.shape[0])
+    n = sorted(layers)
+    return tuple(len(layers[i]) for i in n), tuple(dims.get(i, 0) for i in n)
+
+
 def _derive_config(sd: Mapping[str, Any], heads: dict[str, int]) -> ZipformerConfig:
     """Read every Zipformer hyper-parameter that shapes a tensor off the state_dict.
 
@@ -292,8 +307,11 @@ def config_from_state_dict(
         if why:
             raise ValueError(f"the given config ({cfg.name}) does not fit the checkpoint: {why}")
         return family, cfg, use_ctc
+    sig = _stack_signature(sd)
     for name in ("small", "large", "tiny", "fixture_tiny"):
         cfg = PRESETS[name].replace(**heads)
+        if sig != (cfg.stack(cfg.num_encoder_layers), cfg.encoder_dim_per_stack):
+            continue  # cheap pre-check; building even a meta model takes a while
         if _shapes_match(family, cfg, sd, use_ctc) is None:
             return family, cfg, use_ctc
     cfg = _derive_config(sd, heads)

@@ -65,22 +65,26 @@ def plot_posteriorgram(result, path: str | os.PathLike, *, max_rows: int = 24, s
     img = window[:, rows].T  # (R, T)
 
     seconds = max(end - start, shift)
-    width = float(np.clip(2.0 + seconds * 2.2, 7.0, 40.0))
+    shown = [s for s in result.segments if start <= s.start < end]
+    # wide enough for the time span and for the phone labels (two staggered rows of them)
+    width = float(np.clip(max(2.0 + seconds * 2.2, 2.0 + 0.22 * len(shown)), 7.0, 40.0))
     height = 1.6 + 0.28 * len(rows)
     fig, (ax, lab) = plt.subplots(2, 1, figsize=(width, height), sharex=True,
                                   gridspec_kw={"height_ratios": [max(3, len(rows)), 2.2], "hspace": 0.05})
     extent = (start, start + img.shape[1] * shift, len(rows) - 0.5, -0.5)
     im = ax.imshow(img, aspect="auto", interpolation="nearest", cmap="Greys", vmin=0.0, vmax=1.0, extent=extent)
-    im_blank = np.ma.masked_all_like(img)
-    im_blank[0] = img[0]
+    blank_mask = np.ones_like(img, dtype=bool)
+    blank_mask[0] = False
+    im_blank = np.ma.masked_array(np.nan_to_num(img), mask=blank_mask)
     ax.imshow(im_blank, aspect="auto", interpolation="nearest", cmap="Blues", vmin=0.0, vmax=1.6, extent=extent)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels(labels, fontsize=11)
     ax.set_ylabel("token")
     for y in np.arange(0.5, len(rows) - 0.5):
         ax.axhline(y, color="#e6e6e6", lw=0.5)
+    duration = float(getattr(result, "duration", 0.0) or total)
     name = Path(str(result.source)).name if getattr(result, "source", None) else "audio"
-    ax.set_title(title or f"{name}: phone posteriorgram ({len(result.phones)} phones, {total:.2f} s)", fontsize=11)
+    ax.set_title(title or f"{name}: phone posteriorgram ({len(result.phones)} phones, {duration:.2f} s)", fontsize=11)
     cbar = fig.colorbar(im, ax=[ax, lab], fraction=0.015, pad=0.01)
     cbar.set_label("posterior")
 
@@ -88,13 +92,12 @@ def plot_posteriorgram(result, path: str | os.PathLike, *, max_rows: int = 24, s
     lab.set_yticks([])
     for side in ("left", "right", "top"):
         lab.spines[side].set_visible(False)
-    shown = [s for s in result.segments if start <= s.start < end]
     for k, seg in enumerate(shown):
         x = seg.start + min(seg.duration, shift) / 2
         y = 0.68 if k % 2 == 0 else 0.25  # two staggered lines so neighbours never overlap
         lab.text(x, y, _show(seg.phone), ha="center", va="center", fontsize=13)
         lab.axvline(seg.start, ymin=y + 0.18, ymax=1.0, color="#b0b0b0", lw=0.6)
-        ax.axvline(seg.start, color="#d62728", lw=0.6, alpha=0.5)
+        ax.axvline(seg.start, color="#d62728", lw=0.6, alpha=0.35)
     if not shown:
         lab.text((start + end) / 2, 0.5, "(no phones)", ha="center", va="center", fontsize=11, color="#888888")
     lab.set_xlabel("time (s)")
