@@ -1,0 +1,381 @@
+"""Phone recognition with exported ONNX models, without torch.
+
+Needs only numpy, onnxruntime and kaldi-native-fbank (plus soundfile to read files, and scipy only to
+resample audio that is not 16 kHz).  Nothing on this path imports torch; the test suite checks it.
+
+    from anyphone.inference.onnx_runtime import OnnxCtcRecognizer, OnnxTransducerRecognizer
+
+    rec = OnnxCtcRecognizer("exp/model.int8.onnx", "exp/tokens.txt")
+    rec.recognize([wave_16k_float32])                  # -> ["həloʊ"]
+
+    rec = OnnxTransducerRecognizer("exp", "exp/tokens.txt", suffix="-epoch-30-avg-5.int8.onnx")
+    # reads exp/encoder-epoch-30-avg-5.int8.onnx, exp/decoder-..., exp/joiner-...
+
+Features reproduce ZIPA's batched front end (lhotse ``Fbank().extract_batch`` + ``pad_sequence``):
+waves are zero-padded to the longest one *before* the fbank (which changes the last two frames of
+shorter items, exactly as in ZIPA), each item keeps ``round(num_samples / 160)`` frames, and the
+feature batch is padded with 0.0.  Decoding is greedy: CTC argmax/collapse/drop blank, or transducer
+greedy search with at most one symbol per frame and initial context ``[-1, ..., -1, blank]``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "OnnxCtcRecognizer",
+    "OnnxTransducerRecognizer",
+    "TokenTable",
+    "ctc_greedy_ids",
+    "fbank_batch",
+    "make_session",
+    "num_frames",
+    "read_model_metadata",
+]
+
+SAMPLE_RATE = 16000
+_FRAME_SHIFT = 160  # samples (10 ms at 16 kHz)
+_SILENT_TOKENS = ("<blk>", "<sos/eos>", "<unk>", "▁")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens
+# ---------------------------------------------------------------------------------------------
+
+
+class TokenTable:
+    """``tokens.txt`` reader (``<symbol> <id>`` per line); ``decode`` drops <blk>, <sos/eos>, <unk>
+    and ``▁``, like :class:`anyphone.text.tokenizer.IpaTokenizer`."""
+
+    def __init__(self, id2token: Sequence[str], source: str = "<memory>") -> None:
+        self.id2token = list(id2token)
+        self.source = source
+        self._silent = {i for i, t in enumerate(self.id2token) if t in _SILENT_TOKENS}
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> TokenTable:
+        path = Path(path)
+        table: dict[int, str] = {}
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                line = line.rstrip("\n")
+                if not line.strip():
+                    continue
+                # the symbol may itself be a space-like character, so split on the LAST space
+                sym, sep, idx = line.rpartition(" ")
+                if not sep or not idx.isdigit():
+                    raise ValueError(f"{path}:{lineno}: {line!r} is not '<symbol> <id>'")
+                table[int(idx)] = sym
+        n = len(table)
+        if sorted(table) != list(range(n)):
+            raise ValueError(f"{path}: token ids are not 0..{n - 1} without gaps")
+        return cls([table[i] for i in range(n)], str(path))
+
+    def __len__(self) -> int:
+        return len(self.id2token)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        n = len(self.id2token)
+        out = []
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < n:
+                raise ValueError(f"token id {i} out of range, expected 0..{n - 1} ({self.source})")
+            if i not in self._silent:
+                out.append(self.id2token[i])
+        return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Features
+# ---------------------------------------------------------------------------------------------
+
+
+def num_frames(num_samples: int) -> int:
+    """Frames for ``num_samples`` at 16 kHz with snip_edges=False: round(num_samples / 160), half up."""
+    return (int(num_samples) + _FRAME_SHIFT // 2) // _FRAME_SHIFT
+
+
+def _fbank_options():
+    import kaldi_native_fbank as knf
+
+    # lhotse Fbank() defaults as used by ZIPA (see /work/shared/reference/zipa/README.md)
+    o = knf.FbankOptions()
+    fo = o.frame_opts
+    fo.samp_freq = SAMPLE_RATE
+    fo.frame_shift_ms = 10.0
+    fo.frame_length_ms = 25.0
+    fo.dither = 0.0
+    fo.preemph_coeff = 0.97
+    fo.remove_dc_offset = True
+    fo.window_type = "povey"
+    fo.round_to_power_of_two = True
+    fo.snip_edges = False
+    mo = o.mel_opts
+    mo.num_bins = 80
+    mo.low_freq = 20.0
+    mo.high_freq = -400.0
+    # Kaldi's mel banks (1127 ln(1 + f/700), unnormalised triangles) = lhotse's torchaudio-compatible ones
+    mo.is_librosa = False
+    mo.htk_mode = False
+    o.use_energy = False
+    o.use_power = True
+    o.use_log_fbank = True
+    # log(max(energy, float32 eps)), as lhotse does
+    o.use_log_floor = True
+    return o
+
+
+def _fbank_one(wave: np.ndarray, opts) -> np.ndarray:
+    import kaldi_native_fbank as knf
+
+    f = knf.OnlineFbank(opts)
+    f.accept_waveform(SAMPLE_RATE, wave.tolist())
+    f.input_finished()
+    n = f.num_frames_ready
+    out = np.empty((n, 80), dtype=np.float32)
+    for i in range(n):
+        out[i] = f.get_frame(i)
+    return out
+
+
+def fbank_batch(waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """16 kHz float waves in [-1, 1] -> (features (N, T, 80) float32 zero-padded, lengths (N,) int64).
+
+    As lhotse's ``extract_batch``: every wave is zero-padded to the longest before the fbank, then
+    item n keeps its first ``num_frames(len(wave_n))`` frames.
+    """
+    if len(waves) == 0:
+        raise ValueError("fbank_batch: got no waves, expected at least one")
+    waves = [np.asarray(w, dtype=np.float32).reshape(-1) for w in waves]
+    longest = max(w.size for w in waves)
+    lens = np.array([num_frames(w.size) for w in waves], dtype=np.int64)
+    opts = _fbank_options()
+    feats = np.zeros((len(waves), int(lens.max()), 80), dtype=np.float32)
+    for i, w in enumerate(waves):
+        if w.size < longest:
+            w = np.concatenate((w, np.zeros(longest - w.size, np.float32)))
+        f = _fbank_one(w, opts)
+        feats[i, : lens[i]] = f[: lens[i]]
+    return feats, lens
+
+
+def _resample(wave: np.ndarray, sample_rate: int) -> np.ndarray:
+    if sample_rate == SAMPLE_RATE:
+        return wave
+    try:
+        from math import gcd
+
+        from scipy.signal import resample_poly
+    except ImportError as e:  # pragma: no cover - scipy is a lhotse dependency here
+        raise ValueError(f"audio at {sample_rate} Hz needs scipy to resample to {SAMPLE_RATE} Hz; "
+                         "install scipy or pass 16 kHz audio") from e
+    g = gcd(int(sample_rate), SAMPLE_RATE)
+    return resample_poly(wave, SAMPLE_RATE // g, int(sample_rate) // g).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions
+# ---------------------------------------------------------------------------------------------
+
+
+def make_session(path: str | os.PathLike, provider: str = "auto", num_threads: int | None = None):
+    """onnxruntime InferenceSession for ``path``.
+
+    provider: "cpu", "cuda" or "auto" (CUDA when onnxruntime has it, else CPU).
+    num_threads: intra-op threads (None: onnxruntime's default).
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: ONNX model not found")
+    available = ort.get_available_providers()
+    if provider == "cpu":
+        providers = ["CPUExecutionProvider"]
+    elif provider == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise ValueError(f"provider 'cuda': onnxruntime here has only {available}")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    elif provider == "auto":
+        providers = (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + [
+            "CPUExecutionProvider"
+        ]
+    else:
+        raise ValueError(f"provider {provider!r}, expected 'cpu', 'cuda' or 'auto'")
+    so = ort.SessionOptions()
+    if num_threads:
+        so.intra_op_num_threads = int(num_threads)
+        so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    # onnxruntime 1.2x's NCHWc layout pass crashes (SIGSEGV) on the fp16 graphs of this model on CPU;
+    # it only speeds up 2-D convolutions, so it is turned off for every model.
+    return ort.InferenceSession(str(path), so, providers=providers, disabled_optimizers=["NchwcTransformer"])
+
+
+def read_model_metadata(session) -> dict[str, str]:
+    """The custom metadata of a session's model (written by anyphone.export.onnx)."""
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def _meta_int(meta: dict[str, str], key: str, default: int, where: str) -> int:
+    v = meta.get(key)
+    if v is None:
+        return default
+    try:
+        return int(v)
+    except ValueError:
+        raise ValueError(f"{where}: metadata {key}={v!r}, expected an integer") from None
+
+
+def ctc_greedy_ids(log_probs: np.ndarray, lens: Sequence[int], blank_id: int = 0) -> list[list[int]]:
+    """(N, T, V) scores, valid lengths -> per utterance: argmax, collapse repeats, drop blank."""
+    out = []
+    best = log_probs.argmax(axis=-1)
+    for n, length in enumerate(lens):
+        b = best[n, : int(length)]
+        if b.size == 0:
+            out.append([])
+            continue
+        keep = np.ones(b.size, dtype=bool)
+        keep[1:] = b[1:] != b[:-1]
+        out.append([int(t) for t in b[keep] if t != blank_id])
+    return out
+
+
+def _prepare_waves(waves: Sequence[np.ndarray], sample_rate: int) -> list[np.ndarray]:
+    if isinstance(waves, np.ndarray) and waves.ndim == 1:
+        raise TypeError("recognize: pass a list of 1-D waves, not one wave")
+    out = []
+    for i, w in enumerate(waves):
+        w = np.asarray(w, dtype=np.float32)
+        if w.ndim != 1:
+            raise ValueError(f"recognize: wave {i} has shape {w.shape}, expected (num_samples,) mono")
+        out.append(_resample(w, sample_rate))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Recognizers
+# ---------------------------------------------------------------------------------------------
+
+
+class OnnxCtcRecognizer:
+    """Greedy CTC recognition with ``model.onnx`` from :func:`anyphone.export.onnx.export_ctc_model`.
+
+    tokens_path: tokens.txt; default: ``tokens.txt`` next to the model.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, tokens_path: str | os.PathLike | None = None,
+                 provider: str = "auto", num_threads: int | None = None) -> None:
+        self.model_path = Path(model_path)
+        self.session = make_session(self.model_path, provider, num_threads)
+        self.meta = read_model_metadata(self.session)
+        mt = self.meta.get("model_type", "ctc")
+        if mt != "ctc":
+            raise ValueError(f"{self.model_path}: model_type={mt!r}, expected 'ctc' (use OnnxTransducerRecognizer)")
+        self.tokens = TokenTable.from_file(tokens_path or self.model_path.parent / "tokens.txt")
+        self.blank_id = _meta_int(self.meta, "blank_id", 0, str(self.model_path))
+        vocab = _meta_int(self.meta, "vocab_size", len(self.tokens), str(self.model_path))
+        if vocab != len(self.tokens):
+            raise ValueError(f"{self.tokens.source}: {len(self.tokens)} tokens, expected {vocab} "
+                             f"(vocab_size of {self.model_path})")
+
+    def log_probs(self, x: np.ndarray, x_lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """x (N, T, 80) float32 zero-padded, x_lens (N,) -> (log_probs (N, T', V), lens (N,))."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        x_lens = np.asarray(x_lens, dtype=np.int64)
+        lp, lens = self.session.run(None, {"x": x, "x_lens": x_lens})
+        return lp, lens
+
+    def recognize_ids(self, waves: Sequence[np.ndarray], sample_rate: int = SAMPLE_RATE
+                      ) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+        """-> (greedy ids per wave, log_probs (N, T', V), lens (N,))."""
+        x, x_lens = fbank_batch(_prepare_waves(waves, sample_rate))
+        lp, lens = self.log_probs(x, x_lens)
+        return ctc_greedy_ids(lp, lens, self.blank_id), lp, lens
+
+    def recognize(self, waves: Sequence[np.ndarray], sample_rate: int = SAMPLE_RATE,
+                  return_log_probs: bool = False):
+        """list of mono float waves (in [-1, 1]) -> list of IPA strings.
+
+        With ``return_log_probs`` also returns each wave's log-probs (T'_n, V) (valid frames only).
+        """
+        ids, lp, lens = self.recognize_ids(waves, sample_rate)
+        texts = [self.tokens.decode(h) for h in ids]
+        if return_log_probs:
+            return texts, [lp[n, : int(lens[n])] for n in range(len(texts))]
+        return texts
+
+
+class OnnxTransducerRecognizer:
+    """Greedy transducer recognition with ``encoder{suffix}``, ``decoder{suffix}``, ``joiner{suffix}`` in
+    ``model_dir`` (from :func:`anyphone.export.onnx.export_transducer_model`), e.g. suffix ".int8.onnx"
+    or "-epoch-30-avg-5.onnx".  tokens_path default: ``model_dir/tokens.txt``.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, tokens_path: str | os.PathLike | None = None,
+                 suffix: str = ".onnx", provider: str = "auto", num_threads: int | None = None) -> None:
+        d = Path(model_dir)
+        self.encoder = make_session(d / f"encoder{suffix}", provider, num_threads)
+        self.decoder = make_session(d / f"decoder{suffix}", provider, num_threads)
+        self.joiner = make_session(d / f"joiner{suffix}", provider, num_threads)
+        self.meta = read_model_metadata(self.encoder)
+        where = str(d / f"encoder{suffix}")
+        mt = self.meta.get("model_type", "transducer")
+        if mt != "transducer":
+            raise ValueError(f"{where}: model_type={mt!r}, expected 'transducer'")
+        self.context_size = _meta_int(read_model_metadata(self.decoder), "context_size", 2, where)
+        self.blank_id = _meta_int(self.meta, "blank_id", 0, where)
+        self.tokens = TokenTable.from_file(tokens_path or d / "tokens.txt")
+        vocab = _meta_int(self.meta, "vocab_size", len(self.tokens), where)
+        if vocab != len(self.tokens):
+            raise ValueError(f"{self.tokens.source}: {len(self.tokens)} tokens, expected {vocab} "
+                             f"(vocab_size of {where})")
+
+    def encode(self, x: np.ndarray, x_lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """x (N, T, 80), x_lens (N,) -> (projected encoder_out (N, T', J), lens (N,))."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return tuple(self.encoder.run(None, {"x": x, "x_lens": np.asarray(x_lens, dtype=np.int64)}))
+
+    def _decoder(self, contexts: np.ndarray) -> np.ndarray:
+        return self.decoder.run(None, {"y": np.ascontiguousarray(contexts, dtype=np.int64)})[0]
+
+    def greedy_search(self, encoder_out: np.ndarray, lens: Sequence[int]) -> list[list[int]]:
+        """Batch greedy search, max one symbol per frame (ZIPA's ``greedy_search_batch``); <unk> is an
+        ordinary output.  encoder_out is the projected encoder output (N, T', J)."""
+        n = encoder_out.shape[0]
+        lens = [int(v) for v in lens]
+        ctx = np.full((n, self.context_size), -1, dtype=np.int64)
+        ctx[:, -1] = self.blank_id
+        dec = self._decoder(ctx)  # (N, J)
+        hyps: list[list[int]] = [[] for _ in range(n)]
+        for t in range(max(lens, default=0)):
+            active = np.array([i for i in range(n) if lens[i] > t], dtype=np.int64)
+            logits = self.joiner.run(None, {
+                "encoder_out": np.ascontiguousarray(encoder_out[active, t]),
+                "decoder_out": np.ascontiguousarray(dec[active]),
+            })[0]
+            best = logits.argmax(axis=-1)
+            emit = active[best != self.blank_id]
+            if emit.size == 0:
+                continue
+            for i, tok in zip(emit, best[best != self.blank_id]):
+                hyps[i].append(int(tok))
+            ctx[emit, :-1] = ctx[emit, 1:]
+            ctx[emit, -1] = best[best != self.blank_id]
+            dec[emit] = self._decoder(ctx[emit])
+        return hyps
+
+    def recognize_ids(self, waves: Sequence[np.ndarray], sample_rate: int = SAMPLE_RATE) -> list[list[int]]:
+        x, x_lens = fbank_batch(_prepare_waves(waves, sample_rate))
+        enc, lens = self.encode(x, x_lens)
+        return self.greedy_search(enc, lens)
+
+    def recognize(self, waves: Sequence[np.ndarray], sample_rate: int = SAMPLE_RATE) -> list[str]:
+        """list of mono float waves (in [-1, 1]) -> list of IPA strings (greedy search)."""
+        return [self.tokens.decode(h) for h in self.recognize_ids(waves, sample_rate)]
