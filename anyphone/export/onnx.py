@@ -252,6 +252,9 @@ def add_meta_data(path: str | Path, meta: dict[str, Any]) -> None:
     import onnx
 
     m = onnx.load(str(path))
+    # per-node provenance written by the exporter (stack traces, module paths) can double the file size
+    for node in m.graph.node:
+        del node.metadata_props[:]
     existing = {p.key: p for p in m.metadata_props}
     for k, v in meta.items():
         p = existing.get(k) or m.metadata_props.add()
@@ -435,12 +438,19 @@ def quantize_int8(src: str | Path, dst: str | Path, weight_type: str = "QInt8") 
     qt = {"QInt8": QuantType.QInt8, "QUInt8": QuantType.QUInt8}.get(weight_type)
     if qt is None:
         raise ValueError(f"quantize_int8: weight_type={weight_type!r}, expected QInt8 or QUInt8")
-    quantize_dynamic(
-        model_input=str(src),
-        model_output=str(dst),
-        op_types_to_quantize=["MatMul", "Gemm"],
-        weight_type=qt,
-    )
+    # onnxruntime.quantization logs one line per tensor on the root logger; keep it quiet
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        quantize_dynamic(
+            model_input=str(src),
+            model_output=str(dst),
+            op_types_to_quantize=["MatMul", "Gemm"],
+            weight_type=qt,
+        )
+    finally:
+        root.setLevel(level)
 
 
 def _variants(path: Path, fp16: bool, int8: bool) -> list[Path]:
@@ -567,3 +577,118 @@ def export_transducer_model(
         add_meta_data(p, {**meta, "part": part})
         out[part] = _variants(p, fp16, int8)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line (behind zipformer_crctc/export.py and zipformer_transducer/export.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def get_export_parser(model_type: str, description: str | None = None):
+    """icefall-style export flags plus the model flags of :mod:`anyphone.models.presets`."""
+    import argparse
+
+    from anyphone.models.presets import add_model_arguments
+
+    def str2bool(v: str) -> bool:
+        s = str(v).strip().lower()
+        if s in ("1", "true", "yes", "y", "t"):
+            return True
+        if s in ("0", "false", "no", "n", "f"):
+            return False
+        raise argparse.ArgumentTypeError(f"expected a boolean (1/0, true/false), got {v!r}")
+
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("checkpoint (icefall names)")
+    g.add_argument("--exp-dir", type=Path, default=Path("exp"), help="Checkpoints are read from here.")
+    g.add_argument("--epoch", type=int, default=0, help="Export epoch-N.pt (with --avg); ignored if --iter > 0.")
+    g.add_argument("--iter", type=int, default=0, help="Export checkpoint-N.pt (with --avg).")
+    g.add_argument("--avg", type=int, default=1, help="Number of checkpoints to average.")
+    g.add_argument("--use-averaged-model", type=str2bool, default=True,
+                   help="Average with the running averaged model kept in the checkpoints.")
+    g.add_argument("--checkpoint", type=Path, default=None,
+                   help="Export this file (a checkpoint or a plain state_dict such as a ZIPA .pth) instead.")
+    g = p.add_argument_group("export")
+    g.add_argument("--tokens", type=Path, default=None,
+                   help="tokens.txt (default: <lang-dir>/tokens.txt, else the packaged ZIPA table)")
+    g.add_argument("--lang-dir", type=Path, default=Path("ipa_simplified"))
+    g.add_argument("--output-dir", type=Path, default=None, help="Default: --exp-dir.")
+    g.add_argument("--onnx", type=str2bool, default=True, help="Write ONNX (fp32) models.")
+    g.add_argument("--fp16", type=str2bool, default=False, help="Also write .fp16.onnx (fp16 weights, fp32 I/O).")
+    g.add_argument("--int8", type=str2bool, default=False, help="Also write .int8.onnx (dynamic quantisation).")
+    g.add_argument("--opset", type=int, default=18)
+    if model_type == "transducer":
+        g.add_argument("--use-ctc", type=str2bool, default=False,
+                       help="The checkpoint has a joint CTC head (ctc_output.*); it is not exported.")
+    add_model_arguments(p)
+    return p
+
+
+def _tokens_file(args) -> Path:
+    if args.tokens is not None:
+        if not Path(args.tokens).is_file():
+            raise SystemExit(f"--tokens {args.tokens}: file not found")
+        return Path(args.tokens)
+    cand = Path(args.lang_dir) / "tokens.txt"
+    if cand.is_file():
+        return cand
+    packaged = Path(__file__).resolve().parents[1] / "text" / "tokens.txt"
+    log.warning("%s not found; using the packaged ZIPA token table %s", cand, packaged)
+    return packaged
+
+
+def _count_tokens(path: Path) -> int:
+    return sum(1 for line in open(path, encoding="utf-8") if line.strip())
+
+
+def _label(args) -> str:
+    if args.checkpoint is not None:
+        return Path(args.checkpoint).stem
+    base = f"iter-{args.iter}" if args.iter > 0 else f"epoch-{args.epoch}"
+    return f"{base}-avg-{args.avg}"
+
+
+def export_main(args, model_type: str) -> dict[str, list[Path]]:
+    """Load/average weights, write ``pretrained.pt`` (plain state_dict), tokens.txt and the ONNX files."""
+    import shutil
+
+    from anyphone.decoding.run import load_decoding_weights
+    from anyphone.models.presets import config_from_args
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    tokens = _tokens_file(args)
+    cfg = config_from_args(args).replace(vocab_size=_count_tokens(tokens))
+    if model_type == "ctc":
+        from anyphone.models.ctc import CtcModel
+
+        model: nn.Module = CtcModel(cfg)
+    elif model_type == "transducer":
+        from anyphone.models.transducer import TransducerModel
+
+        model = TransducerModel(cfg, use_ctc=bool(getattr(args, "use_ctc", False)))
+    else:
+        raise ValueError(f"export_main: model_type={model_type!r}, expected 'ctc' or 'transducer'")
+    source = load_decoding_weights(args, model)
+    model.eval()
+    out_dir = Path(args.output_dir or args.exp_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out_dir / "pretrained.pt")
+    if tokens.resolve() != (out_dir / "tokens.txt").resolve():
+        shutil.copyfile(tokens, out_dir / "tokens.txt")
+    log.info("Loaded %s (%s parameters); wrote %s", source, f"{sum(p.numel() for p in model.parameters()):,}",
+             out_dir / "pretrained.pt")
+    written: dict[str, list[Path]] = {}
+    if not args.onnx:
+        return written
+    label = _label(args)
+    meta = {"checkpoint": str(source)}
+    if model_type == "ctc":
+        written["model"] = export_ctc_model(model, out_dir / f"model-{label}.onnx", fp16=args.fp16,
+                                            int8=args.int8, opset=args.opset, extra_meta=meta)
+    else:
+        written = export_transducer_model(model, out_dir, label, fp16=args.fp16, int8=args.int8,
+                                          opset=args.opset, extra_meta=meta)
+    for part, paths in written.items():
+        for p in paths:
+            log.info("%s: %s (%.1f MB)", part, p, p.stat().st_size / 1e6)
+    return written

@@ -1,0 +1,22 @@
+#!/usr/bin/env python3
+"""Export a Zipformer CR-CTC model: pretrained.pt (plain state_dict), tokens.txt and ONNX.
+
+Usage:
+  # average the running-average model between checkpoints 8000 and 12000, write fp32 + int8 ONNX
+  ./zipformer_crctc/export.py --exp-dir zipformer_crctc/exp --iter 12000 --avg 4 --use-averaged-model 1 \
+    --model-size small --onnx 1 --int8 1
+
+  # a published ZIPA checkpoint, all three precisions
+  ./zipformer_crctc/export.py --checkpoint zipa_small_crctc_500000_avg10.pth --model-size small \
+    --exp-dir exp-zipa-small --onnx 1 --fp16 1 --int8 1
+
+Writes into --output-dir (default --exp-dir): pretrained.pt, tokens.txt, model-<label>.onnx,
+model-<label>.fp16.onnx, model-<label>.int8.onnx (label: iter-N-avg-K, epoch-N-avg-K or the checkpoint
+name).  The model maps x (N, T, 80) fbank, x_lens (N,) to log_probs (N, T', V), log_prob_lens (N,).
+Decode with:  python -m anyphone.inference.onnx_runtime  or  local/onnx_batch_decode.py DIR --model-type ctc
+"""
+
+from anyphone.export.onnx import export_main, get_export_parser
+
+if __name__ == "__main__":
+    export_main(get_export_parser("ctc", __doc__).parse_args(), "ctc")
