@@ -127,18 +127,33 @@ def test_rng_restore_reproduces_random_numbers(tmp_path):
 
 
 def test_ddp_wrapped_model_and_prefixed_files(tmp_path):
-    model = _model(0)
-    wrapped = nn.DataParallel(model)  # same "module." prefix as DDP, no process group needed
-    path = ck.save_checkpoint(tmp_path / "checkpoint-2.pt", wrapped)
-    assert all(not k.startswith("module.") for k in torch.load(path, weights_only=True)["model"])
-    # a file written from the wrapper's own state_dict (module.* keys) loads into a bare or wrapped model
-    torch.save({"model": wrapped.state_dict()}, tmp_path / "foreign.pt")
-    bare, wrapped2 = _model(1), nn.DataParallel(_model(2))
-    ck.load_checkpoint(tmp_path / "foreign.pt", bare)
-    ck.load_checkpoint(tmp_path / "foreign.pt", wrapped2)
-    for a, b, c in zip(model.state_dict().values(), bare.state_dict().values(),
-                       wrapped2.module.state_dict().values()):
-        assert torch.equal(a, b) and torch.equal(a, c)
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    own_group = not dist.is_initialized()
+    if own_group:  # a one-process gloo group on CPU is enough to build a real DDP wrapper
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        model = _model(0)
+        wrapped = nn.parallel.DistributedDataParallel(model)
+        path = ck.save_checkpoint(tmp_path / "checkpoint-2.pt", wrapped)
+        assert all(not k.startswith("module.") for k in torch.load(path, weights_only=True)["model"])
+        # a file written from the wrapper's own state_dict (module.* keys) loads into a bare or wrapped model
+        torch.save({"model": wrapped.state_dict()}, tmp_path / "foreign.pt")
+        bare, wrapped2 = _model(1), nn.parallel.DistributedDataParallel(_model(2))
+        ck.load_checkpoint(tmp_path / "foreign.pt", bare)
+        ck.load_checkpoint(tmp_path / "foreign.pt", wrapped2)
+        for a, b, c in zip(model.state_dict().values(), bare.state_dict().values(),
+                           wrapped2.module.state_dict().values()):
+            assert torch.equal(a, b) and torch.equal(a, c)
+        # update_averaged_model accepts the wrapper too
+        avg = _model(3).double()
+        ck.update_averaged_model(wrapped, avg, average_period=1, batch_idx_train=1)
+        assert torch.allclose(avg.lin.weight, model.lin.weight.double())
+    finally:
+        if own_group:
+            dist.destroy_process_group()
 
 
 def test_find_latest_and_keep_last_k(tmp_path):
@@ -225,7 +240,7 @@ def test_update_averaged_model_tied_weights_updated_once():
     torch.manual_seed(0)
     cur, avg = Tied(), Tied()
     w_cur, w_avg = cur.a.weight.detach().clone(), avg.a.weight.detach().clone()
-    ck.update_averaged_model(nn.DataParallel(cur), avg, average_period=1, batch_idx_train=2)
+    ck.update_averaged_model(cur, avg, average_period=1, batch_idx_train=2)
     assert torch.allclose(avg.b.weight, 0.5 * w_avg + 0.5 * w_cur)
 
 

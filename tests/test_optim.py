@@ -298,3 +298,44 @@ def test_eden_step_without_argument_and_state_dict():
     sched2.load_state_dict(state)
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
     assert math.isclose(opt.param_groups[0]["lr"], _eden_formula(0.02, 7, 1, 100, 2, 10))
+
+
+def test_multi_tensor_path_matches_per_tensor_path():
+    """The foreach path (default) and the one-tensor-at-a-time path give the same updates."""
+
+    def run(foreach: bool):
+        torch.manual_seed(0)
+        shapes = [(6, 5), (5,), (3, 4, 2), (), (1,), (7, 3)]
+        params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+        params.append(torch.nn.Parameter(torch.randn(4, 4).to(torch.bfloat16)))
+        opt = ScaledAdam(
+            [(f"p{i}", p) for i, p in enumerate(params)], lr=0.05, clipping_scale=2.0,
+            size_update_period=3, clipping_update_period=20, foreach=foreach,
+        )
+        g = torch.Generator().manual_seed(1)
+        factors = []
+        for step in range(70):
+            for i, p in enumerate(params):
+                # p2 skips every third step so its step count (and size-update phase) drifts from the rest
+                if i == 2 and step % 3 == 0:
+                    p.grad = None
+                    continue
+                scale = 50.0 if step in (33, 34) else 1.0  # outliers that get clipped
+                p.grad = (torch.randn(p.shape, generator=g) * scale - 0.3 * p.detach().float()).to(p.dtype)
+            if step == 45:
+                params[0].grad[1, 1] = float("nan")
+            opt.step()
+            factors.append(opt.last_clip_factors[0])
+        return [p.detach().float().clone() for p in params], factors, opt
+
+    (ref, ref_f, ref_opt), (got, got_f, got_opt) = run(False), run(True)
+    assert any(f < 1.0 for f in ref_f) and ref_f[45] == 0.0
+    assert got_f == pytest.approx(ref_f, rel=1e-4)
+    for a, b in zip(ref, got):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a - b).abs().max()
+    for pa, pb in zip(ref_opt.param_groups[0]["params"], got_opt.param_groups[0]["params"]):
+        sa, sb = ref_opt.state[pa], got_opt.state[pb]
+        assert sa["step"] == sb["step"]
+        for k in sa:
+            if isinstance(sa[k], torch.Tensor):
+                assert torch.allclose(sa[k], sb[k], rtol=1e-4, atol=1e-6), k
