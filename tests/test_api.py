@@ -123,8 +123,11 @@ def test_greedy_matches_reference_ids(rec, rec_t):
         d = torch.load(REF / f"tiny_{name}.pt", weights_only=True)
         opts = r._options(None, 1, 1.0, None, False)
         with torch.no_grad():
-            enc, lens = r.model.forward_encoder(d["x"], d["x_lens"])
-            _, items = (r._ctc if name == "crctc" else r._transducer)(enc, lens, opts)
+            if name == "crctc":
+                _, items = r._ctc(*r._ctc_log_probs(d["x"], d["x_lens"]), opts)
+            else:
+                proj, lens, joiner, decoder = r._transducer_parts(d["x"], d["x_lens"])
+                _, items = r._transducer(proj, lens, joiner, decoder, opts)
         for n, it in enumerate(items):
             ref = d["greedy_token_ids"][n, : int(d["greedy_token_lens"][n])].tolist()
             assert [tok for tok, _, _ in it] == ref, name
@@ -414,30 +417,75 @@ def test_published_name_from_offline_cache(model_dir, tmp_path, monkeypatch, wav
         load_model("zipa-cr-large-500k")
 
 
-def test_onnx_is_delegated(tmp_path, monkeypatch):
-    """An .onnx path goes to anyphone.inference.onnx_runtime, never to the torch model builder."""
+class _Session:
+    """Stands in for an onnxruntime session: ``run(None, feed)`` -> [array]."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def run(self, _names, feed):
+        with torch.no_grad():
+            return [self.fn(**{k: torch.from_numpy(v) for k, v in feed.items()}).numpy()]
+
+
+def _fake_onnx_runtime(ctc_pth: Path, t_pth: Path):
+    """A stand-in for anyphone.inference.onnx_runtime whose 'sessions' run the torch models (exporting the
+    tiny models to real ONNX takes minutes), so the test checks the adapter's plumbing and file selection."""
     import types
 
     calls = []
 
-    class Fake:
-        def __init__(self, path, **kw):
-            calls.append((type(self).__name__, Path(path).name, kw))
+    class OnnxCtcRecognizer:
+        def __init__(self, path, tokens_path=None, provider="auto"):
+            calls.append(("ctc", Path(path).name, Path(tokens_path).name, provider))
+            self.model = load_model(ctc_pth).model
+
+        def log_probs(self, x, x_lens):
+            with torch.no_grad():
+                lp, lens = self.model(torch.from_numpy(x), torch.from_numpy(x_lens))
+            return lp.numpy(), lens.numpy()
+
+    class OnnxTransducerRecognizer:
+        def __init__(self, model_dir, tokens_path=None, suffix=".onnx", provider="auto"):
+            calls.append(("transducer", suffix, Path(tokens_path).name, provider))
+            m = self.model = load_model(t_pth).model
+            self.context_size = m.decoder.context_size
+            self.joiner = _Session(lambda encoder_out, decoder_out: m.joiner(encoder_out, decoder_out,
+                                                                             project_input=False))
+            self.decoder = _Session(lambda y: m.joiner.decoder_proj(m.decoder(y, need_pad=False)).squeeze(1))
+
+        def encode(self, x, x_lens):
+            with torch.no_grad():
+                enc, lens = self.model.forward_encoder(torch.from_numpy(x), torch.from_numpy(x_lens))
+                return self.model.joiner.encoder_proj(enc).numpy(), lens.numpy()
 
     fake = types.ModuleType("anyphone.inference.onnx_runtime")
-    fake.OnnxCtcRecognizer = type("OnnxCtcRecognizer", (Fake,), {})
-    fake.OnnxTransducerRecognizer = type("OnnxTransducerRecognizer", (Fake,), {})
+    fake.OnnxCtcRecognizer = OnnxCtcRecognizer
+    fake.OnnxTransducerRecognizer = OnnxTransducerRecognizer
+    return fake, calls
+
+
+def test_onnx_models_are_delegated(model_dir, rec, rec_t, tmp_path, monkeypatch, wave):
+    fake, calls = _fake_onnx_runtime(model_dir, make_model_dir(tmp_path / "t", "transducer"))
     monkeypatch.setitem(sys.modules, "anyphone.inference.onnx_runtime", fake)
     import anyphone.inference as pkg
 
     monkeypatch.setattr(pkg, "onnx_runtime", fake, raising=False)
-    load_model(tmp_path / "model.onnx")
-    d = tmp_path / "t"
+    ctc_file = tmp_path / "model.onnx"
+    ctc_file.write_bytes(b"")
+    r = load_model(ctc_file, batch_size=1)  # no tokens.txt beside it: the built-in ones
+    for kw in ({}, {"timestamp": True}, {"topk": 3}, {"lang": "eng"}, {"emit": 0.1}):
+        assert r.recognize(wave, **kw) == rec.recognize(wave, **kw), kw
+    d = tmp_path / "t_onnx"
     d.mkdir()
-    for name in ("encoder.onnx", "decoder.onnx", "joiner.onnx"):
+    for name in ("encoder.int8.onnx", "decoder.int8.onnx", "joiner.int8.onnx"):
         (d / name).write_bytes(b"")
-    load_model(d, tokens=None)
-    assert [c[0] for c in calls] == ["OnnxCtcRecognizer", "OnnxTransducerRecognizer"]
+    (d / "tokens.txt").write_bytes((model_dir.parent / "tokens.txt").read_bytes())
+    rt = load_model(d, batch_size=1)
+    assert rt.family == "transducer"
+    for kw in ({}, {"timestamp": True}, {"topk": 2}):
+        assert rt.recognize(wave, **kw) == rec_t.recognize(wave, **kw), kw
+    assert calls == [("ctc", "model.onnx", "tokens.txt", "cpu"), ("transducer", ".int8.onnx", "tokens.txt", "cpu")]
 
 
 def test_recognising_imports_no_training_stack(model_dir, tmp_path):

@@ -434,7 +434,7 @@ class PhoneRecognizer:
             raise ValueError(f"overlap_seconds={overlap_seconds}, expected 0 <= overlap < chunk_seconds/2 "
                              f"(chunk_seconds={chunk_seconds})")
         self.device = _pick_device(device)
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device).eval() if model is not None else None
         self.tokenizer = tokenizer
         self.family = family
         self.batch_size = batch_size
@@ -447,6 +447,8 @@ class PhoneRecognizer:
         if tokenizer.vocab_size != vocab:
             raise ValueError(f"{tokenizer.source}: {tokenizer.vocab_size} tokens but the model outputs {vocab}")
         self._warned_langs: set[str] = set()
+        decoder = getattr(model, "decoder", None) if family == "transducer" else None
+        self._context_size = int(getattr(decoder, "context_size", 2))
 
     def __repr__(self) -> str:
         return (f"PhoneRecognizer({self.name!r}, family={self.family}, device={self.device}, "
@@ -641,28 +643,49 @@ class PhoneRecognizer:
             waves = [batch[i].samples if len(batch[i].samples) >= _MIN_SAMPLES
                      else np.pad(batch[i].samples, (0, _MIN_SAMPLES - len(batch[i].samples))) for i in live]
             feats, feat_lens = _fbank(waves, self.device)
-            enc, enc_lens = self.model.forward_encoder(feats, feat_lens)
             if self.family == "crctc":
-                lp, hyps = self._ctc(enc, enc_lens, opts)
+                lp, enc_lens = self._ctc_log_probs(feats, feat_lens)
+                lp, hyps = self._ctc(lp, enc_lens, opts)
             else:
-                lp, hyps = self._transducer(enc, enc_lens, opts)
-            lens = enc_lens.tolist()
+                proj, enc_lens, joiner, decoder = self._transducer_parts(feats, feat_lens)
+                lp, hyps = self._transducer(proj, enc_lens, joiner, decoder, opts)
+            lens = [int(v) for v in enc_lens.tolist()]
             for j, i in enumerate(live):
                 results[i] = self._collect(batch[i], lp[j, : lens[j]], hyps[j], opts)
         return results  # type: ignore[return-value]
 
-    def _ctc(self, enc: Tensor, enc_lens: Tensor, opts: _Options) -> tuple[Tensor, list[list[tuple[int, int]]]]:
+    # The two backend hooks (torch here, ONNX Runtime in _OnnxRecognizer); everything else is shared.
+    def _ctc_log_probs(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
+        """feats (N, T, 80), feat_lens (N,) -> CTC log-probs (N, T', V) on CPU, lengths (N,)."""
+        enc, enc_lens = self.model.forward_encoder(feats, feat_lens)
+        return self.model.ctc_output(enc).float().cpu(), enc_lens.cpu()
+
+    def _transducer_parts(self, feats: Tensor, feat_lens: Tensor):
+        """-> (projected encoder out (N, T', J), lengths (N,), joiner(enc (A, J), dec (A, J)) -> logits (A, V),
+        decoder(context ids (E, context_size) int64) -> projected (E, J))."""
+        model = self.model
+        enc, enc_lens = model.forward_encoder(feats, feat_lens)
+
+        def joiner(e: Tensor, d: Tensor) -> Tensor:
+            return model.joiner(e, d, project_input=False)
+
+        def decoder(ids: Tensor) -> Tensor:
+            return model.joiner.decoder_proj(model.decoder(ids.to(enc.device), need_pad=False)).squeeze(1)
+
+        return model.joiner.encoder_proj(enc), enc_lens.cpu(), joiner, decoder
+
+    def _ctc(self, lp: Tensor, enc_lens: Tensor, opts: _Options) -> tuple[Tensor, list[list[tuple[int, int, int]]]]:
+        """Options, then greedy search on CPU log-probs (N, T, V); items are (token, first frame, run length)."""
         from anyphone.decoding.ctc import apply_blank_scale, apply_prior, ctc_greedy_search
 
-        lp = self.model.ctc_output(enc).float()
         if opts.prior:
             lp = apply_prior(lp, opts.prior)
         if opts.emit != 1.0:
             lp = apply_blank_scale(lp, opts.emit, self.tokenizer.blank_id)
         if opts.mask is not None:
-            lp = lp.masked_fill(~opts.mask.to(lp.device), float("-inf")).log_softmax(-1)
+            lp = lp.masked_fill(~opts.mask, float("-inf")).log_softmax(-1)
         hyps = ctc_greedy_search(lp, enc_lens, self.tokenizer.blank_id, return_timestamps=True)
-        best = lp.argmax(-1).cpu()
+        best = lp.argmax(-1)
         out = []
         for n, h in enumerate(hyps):
             row, length = best[n], int(enc_lens[n])
@@ -673,26 +696,24 @@ class PhoneRecognizer:
                     end += 1
                 items.append((tok, t, end - t))
             out.append(items)
-        return lp.cpu(), out
+        return lp, out
 
-    def _transducer(self, enc: Tensor, enc_lens: Tensor, opts: _Options
+    def _transducer(self, proj: Tensor, enc_lens: Tensor, joiner, decoder, opts: _Options
                     ) -> tuple[Tensor, list[list[tuple[int, int, int]]]]:
         """Greedy search, one symbol per frame (ZIPA's greedy_search_batch), with the additive adjustment
         applied to the joiner logits; also returns each frame's log-softmax along the path (N, T, V)."""
-        model = self.model
-        blank, ctx = model.decoder.blank_id, model.decoder.context_size
-        n, t_max, _ = enc.shape
-        lens = enc_lens.tolist()
+        blank, ctx = self.tokenizer.blank_id, self._context_size
+        n, t_max, _ = proj.shape
+        lens = [int(v) for v in enc_lens.tolist()]
         hist = [[-1] * (ctx - 1) + [blank] for _ in range(n)]
-        proj = model.joiner.encoder_proj(enc)
-        dec = model.joiner.decoder_proj(model.decoder(torch.tensor(hist, device=enc.device), need_pad=False))
-        adjust = opts.adjust.to(enc.device) if opts.adjust is not None else None
+        dec = decoder(torch.tensor(hist, dtype=torch.int64))
+        adjust = opts.adjust.to(proj.device) if opts.adjust is not None else None
         lp_all = torch.full((n, t_max, self.tokenizer.vocab_size), float("-inf"))
         items: list[list[tuple[int, int, int]]] = [[] for _ in range(n)]
         for t in range(t_max):
             active = [i for i in range(n) if lens[i] > t]
-            idx = torch.tensor(active, device=enc.device)
-            logits = model.joiner(proj[idx, t].unsqueeze(1), dec[idx], project_input=False).squeeze(1).float()
+            idx = torch.tensor(active, device=proj.device)
+            logits = joiner(proj[idx, t], dec[idx]).float()
             if adjust is not None:
                 logits = logits + adjust
             lp = logits.log_softmax(-1)
@@ -703,10 +724,9 @@ class PhoneRecognizer:
                 for i, v in emitted:
                     hist[i].append(v)
                     items[i].append((v, t, 1))
-                rows = torch.tensor([i for i, _ in emitted], device=enc.device)
-                ctx_ids = torch.tensor([hist[i][-ctx:] for i, _ in emitted], device=enc.device)
+                rows = torch.tensor([i for i, _ in emitted], device=dec.device)
                 dec = dec.clone()
-                dec[rows] = model.joiner.decoder_proj(model.decoder(ctx_ids, need_pad=False))
+                dec[rows] = decoder(torch.tensor([hist[i][-ctx:] for i, _ in emitted], dtype=torch.int64))
         return lp_all, items
 
     def _collect(self, piece: _Piece, lp: Tensor, items: list[tuple[int, int, int]], opts: _Options) -> _PieceOut:
@@ -996,7 +1016,7 @@ def load_model(
     if tok_path is not None and not tok_path.is_file():
         raise FileNotFoundError(f"{tok_path}: tokens file not found")
     if text.endswith(".onnx") or (path.is_dir() and any(path.glob("*.onnx")) and not any(path.glob("*.pt*"))):
-        return _load_onnx(path, tok_path, device, batch_size)
+        return _load_onnx(path, tok_path, device, batch_size, chunk_seconds, overlap_seconds)
 
     label = text
     json_cfg = None
@@ -1025,15 +1045,73 @@ def load_model(
                            chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds, name=label)
 
 
-def _load_onnx(path: Path, tokens: Path | None, device: str, batch_size: int):
-    """Exported ONNX models run without torch (anyphone.inference.onnx_runtime)."""
+def _pick_onnx(folder: Path, stem: str) -> Path | None:
+    """``stem.onnx`` if present, else the first ``stem*.onnx`` (e.g. ``model.int8.onnx``)."""
+    plain = folder / f"{stem}.onnx"
+    if plain.is_file():
+        return plain
+    found = sorted(folder.glob(f"{stem}*.onnx"))
+    return found[0] if found else None
+
+
+def _load_onnx(path: Path, tokens: Path | None, device: str, batch_size: int, chunk_seconds: float,
+               overlap_seconds: float) -> PhoneRecognizer:
+    """Exported models (anyphone.export.onnx) run by anyphone.inference.onnx_runtime's sessions, with the same
+    options and output formats as the torch models."""
     try:
         from anyphone.inference import onnx_runtime
     except ImportError as e:
         raise ImportError(f"{path}: ONNX models need anyphone.inference.onnx_runtime and onnxruntime ({e})") from e
-    is_transducer = path.is_dir() and any("joiner" in p.name for p in path.glob("*.onnx"))
-    cls = onnx_runtime.OnnxTransducerRecognizer if is_transducer else onnx_runtime.OnnxCtcRecognizer
-    kwargs: dict[str, Any] = {}
-    if tokens is not None:
-        kwargs["tokens"] = tokens
-    return cls(path, **kwargs)
+    from anyphone.text.tokenizer import default_lang_dir
+
+    provider = "cpu" if str(device) == "cpu" else ("cuda" if str(device).startswith("cuda") else "auto")
+    if path.is_dir():
+        encoder = _pick_onnx(path, "encoder")
+        if encoder is not None and _pick_onnx(path, "joiner") is not None:
+            family, target, folder = "transducer", path, path
+            suffix = encoder.name[len("encoder"):]
+        else:
+            target = _pick_onnx(path, "model")
+            if target is None:
+                raise FileNotFoundError(f"{path}: expected model*.onnx (CTC) or encoder/decoder/joiner*.onnx")
+            family, folder, suffix = "crctc", path, ""
+    else:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: ONNX model not found")
+        family, target, folder, suffix = "crctc", path, path.parent, ""
+    tok = tokens or _find_tokens([folder / "tokens.txt"]) or default_lang_dir() / "tokens.txt"
+    if family == "transducer":
+        backend = onnx_runtime.OnnxTransducerRecognizer(target, tokens_path=tok, suffix=suffix, provider=provider)
+    else:
+        backend = onnx_runtime.OnnxCtcRecognizer(target, tokens_path=tok, provider=provider)
+    return _OnnxRecognizer(backend, family, IpaTokenizer.from_tokens_file(tok), batch_size=batch_size,
+                           chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds, name=str(path))
+
+
+class _OnnxRecognizer(PhoneRecognizer):
+    """PhoneRecognizer whose network runs in ONNX Runtime (features and decoding as for torch models)."""
+
+    def __init__(self, backend: Any, family: str, tokenizer: IpaTokenizer, **kw: Any) -> None:
+        super().__init__(None, tokenizer, family, device="cpu", **kw)
+        self.backend = backend
+        if family == "transducer":
+            self._context_size = int(getattr(backend, "context_size", 2))
+
+    def _ctc_log_probs(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
+        lp, lens = self.backend.log_probs(feats.cpu().numpy(), feat_lens.cpu().numpy())
+        return torch.from_numpy(np.asarray(lp, dtype=np.float32)), torch.from_numpy(np.asarray(lens, dtype=np.int64))
+
+    def _transducer_parts(self, feats: Tensor, feat_lens: Tensor):
+        b = self.backend
+        enc, lens = b.encode(feats.cpu().numpy(), feat_lens.cpu().numpy())
+
+        def joiner(e: Tensor, d: Tensor) -> Tensor:
+            feed = {"encoder_out": np.ascontiguousarray(e.numpy(), dtype=np.float32),
+                    "decoder_out": np.ascontiguousarray(d.numpy(), dtype=np.float32)}
+            return torch.from_numpy(b.joiner.run(None, feed)[0])
+
+        def decoder(ids: Tensor) -> Tensor:
+            return torch.from_numpy(b.decoder.run(None, {"y": np.ascontiguousarray(ids.numpy(), dtype=np.int64)})[0])
+
+        return (torch.from_numpy(np.asarray(enc, dtype=np.float32)), torch.from_numpy(np.asarray(lens, dtype=np.int64)),
+                joiner, decoder)
