@@ -177,3 +177,49 @@ def test_keys_manifest(manifest, preset, ods):
             full = TransducerModel(cfg)
         assert [(k, list(v.shape)) for k, v in full.state_dict().items()] == ref_keys
         assert sum(p.numel() for p in full.parameters()) == ref["total_params"]
+
+
+def test_every_tensor_has_zipas_effect(crctc):
+    # Zeroing each tensor in turn must move the outputs exactly as much as it moved ZIPA's
+    # (tiny_sensitivity.json): zero effect for the dead tensors, the same size for all others.
+    sens = json.loads((REF / "tiny_sensitivity.json").read_text())["tiny_crctc"]
+    model = CtcModel(get_preset("fixture_tiny"))
+    model.load_state_dict(crctc["state_dict"], strict=True)
+    model.eval()
+    valid = torch.arange(crctc["encoder_out"].shape[1])[None] < crctc["encoder_out_lens"][:, None]
+
+    def run():
+        with torch.no_grad():
+            enc, _ = model.forward_encoder(crctc["x"], crctc["x_lens"])
+            return enc, model.ctc_log_probs(enc)
+
+    def effect(a, b):
+        return float((a - b).abs()[valid].max() / b.abs()[valid].max())
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # many small forwards: threading overhead dominates
+    try:
+        _check_ablations(model, sens, run, effect)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_ablations(model, sens, run, effect) -> None:
+    base = run()
+    params = dict(model.named_parameters())
+    assert len(sens) == len(params)
+    # The dead tensors plus every 8th other one keeps this to a few seconds.
+    picked = [row for i, row in enumerate(sens) if row[3] == 0 or i % 8 == 0]
+    assert len(picked) > 40
+    for key, _, _, ablation_effect, _ in picked:
+        p = params[key]
+        saved = p.detach().clone()
+        with torch.no_grad():
+            p.zero_()
+        ours = max(effect(o, b) for o, b in zip(run(), base))
+        with torch.no_grad():
+            p.copy_(saved)
+        if ablation_effect == 0:
+            assert ours == 0, key
+        else:
+            assert abs(ours - ablation_effect) <= 0.05 * ablation_effect, (key, ours, ablation_effect)
