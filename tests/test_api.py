@@ -163,7 +163,11 @@ def test_recognize_array_and_files(rec, wave, tmp_path):
     import scipy.signal
 
     sf.write(tmp_path / "c.wav", scipy.signal.resample_poly(stereo, 441, 160, axis=0), 44100)
-    for name in ("b.ogg", "c.wav"):
+    names = ["b.ogg", "c.wav"]
+    if "MP3" in sf.available_formats():  # libsndfile >= 1.1 reads and writes MP3
+        sf.write(tmp_path / "d.mp3", wave, SR, format="MP3")
+        names.append("d.mp3")
+    for name in names:
         res = rec.recognize(tmp_path / name, return_result=True)
         assert res.phones and abs(res.duration - 3.0) < 0.01
 
