@@ -78,7 +78,7 @@ def load_decoding_weights(args: argparse.Namespace, model: nn.Module) -> str:
                              f"found {len(names)} (missing {missing})")
         if args.use_averaged_model:
             start, end = names[args.avg], names[0]
-            sd = ckpt.average_checkpoints_with_averaged_model(start, end)
+            sd = ckpt.average_two_averaged_models(start, end)
         else:
             sd = ckpt.average_checkpoints(names[: args.avg])
     else:
@@ -91,7 +91,7 @@ def load_decoding_weights(args: argparse.Namespace, model: nn.Module) -> str:
                 if not p.is_file():
                     raise SystemExit(f"--epoch {args.epoch} --avg {args.avg} --use-averaged-model needs {p}, "
                                      "which does not exist")
-            sd = ckpt.average_checkpoints_with_averaged_model(start, end)
+            sd = ckpt.average_two_averaged_models(start, end)
         else:
             paths = [exp / f"epoch-{i}.pt" for i in range(args.epoch - args.avg + 1, args.epoch + 1)]
             for p in paths:
@@ -142,19 +142,19 @@ def decode_main(args: argparse.Namespace, task) -> dict[str, dict[str, float]]:
     suffix = checkpoint_suffix(args)
     res_dir = Path(args.exp_dir) / args.decoding_method
     res_dir.mkdir(parents=True, exist_ok=True)
-    datamodule = PhoneDataModule(args)
+    datamodule = PhoneDataModule(args, output_downsampling_factor=task.output_downsampling_factor)
     summary: dict[str, dict[str, float]] = {}
     for name, dl in datamodule.test_dataloaders(tokenizer).items():
         results = decode_dataset(dl, model, task, args, tokenizer, device)
         scoring.write_recogs(res_dir / f"recogs-{name}-{suffix}.txt", results)
-        per, _ = scoring.write_errs(res_dir / f"errs-{name}-{suffix}.txt", name, results)
+        scoring.write_errs(res_dir / f"errs-{name}-{suffix}.txt", name, results, pfer=args.pfer)
         report = scoring.score_results(results, pfer=args.pfer)
         scoring.write_language_table(res_dir / f"per-language-{name}-{suffix}.txt", report)
         summary[name] = {"PER": report.overall.per, **({"PFER": report.overall.pfer} if args.pfer else {})}
         log.info("%s: PER %.2f%%%s over %d cuts", name, report.overall.per,
                  f", PFER {report.overall.pfer:.2f}%" if args.pfer else "", len(results))
     scoring.write_summary(res_dir / f"per-summary-{suffix}.txt", summary)
-    print(open(res_dir / f"per-summary-{suffix}.txt").read())
+    print((res_dir / f"per-summary-{suffix}.txt").read_text())
     return summary
 
 

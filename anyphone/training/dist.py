@@ -21,7 +21,8 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """True when a process group is joined (any torchrun launch, or mp.spawn with world size > 1)."""
+        return dist.is_available() and dist.is_initialized()
 
 
 def launched_by_torchrun() -> bool:
@@ -46,7 +47,8 @@ def init_distributed(rank: int, world_size: int, master_port: int = 12354) -> Di
         if world_size > 1:
             os.environ.setdefault("MASTER_ADDR", "localhost")
             os.environ.setdefault("MASTER_PORT", str(master_port))
-    if info.world_size > 1 and not dist.is_initialized():
+    # under torchrun the group is joined even for one process, so NCCL/DDP run exactly as at scale
+    if (info.world_size > 1 or launched_by_torchrun()) and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(info.local_rank)

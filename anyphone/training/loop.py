@@ -75,7 +75,6 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup-batches", type=float, default=500.0, help="Eden's linear warm-up from 0.5x.")
     g.add_argument("--ref-duration", type=float, default=600,
                    help="Seconds of audio in a reference batch; schedules count batches of this size.")
-    g.add_argument("--seed", type=int, default=42)
     g.add_argument("--use-fp16", type=str2bool, default=False, help="float16 autocast with a grad scaler.")
     g.add_argument("--use-bf16", type=str2bool, default=False, help="bfloat16 autocast (no scaler needed).")
     g.add_argument("--accum-grad", type=int, default=1, help="Batches per optimizer step.")
@@ -122,14 +121,39 @@ def set_batch_count(model: nn.Module, count: float) -> None:
             m.batch_count = count
 
 
+def adaptive_module_state(model: nn.Module) -> dict[str, float]:
+    """Plain attributes that training adapts outside the state_dict (Whiten's current probability), so a
+    resumed run continues exactly; kept out of the state_dict so ZIPA checkpoints still load strictly."""
+    return {name: float(m.prob) for name, m in unwrap(model).named_modules()
+            if hasattr(m, "min_prob") and isinstance(getattr(m, "prob", None), float)}
+
+
+def load_adaptive_module_state(model: nn.Module, state: dict[str, float]) -> None:
+    modules = dict(unwrap(model).named_modules())
+    for name, prob in state.items():
+        if name in modules:
+            modules[name].prob = float(prob)
+
+
 def batch_seconds(batch: dict) -> float:
     if "audio_lens" in batch:
         return float(batch["audio_lens"].sum()) / 16000.0
     return float(batch["feature_lens"].sum()) / 100.0
 
 
+_FBANK_ON_DEVICE: dict = {}
+
+
 def move_batch(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    """Move tensors to `device`; with --fbank-on-device the batch holds audio and fbank is computed here."""
+    batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    if "audio" in batch and "features" not in batch:
+        from anyphone.data.fbank import FbankModule
+
+        if device not in _FBANK_ON_DEVICE:
+            _FBANK_ON_DEVICE[device] = FbankModule().to(device)
+        batch["features"], batch["feature_lens"] = _FBANK_ON_DEVICE[device](batch["audio"], batch["audio_lens"])
+    return batch
 
 
 def autocast_context(args: argparse.Namespace, device: torch.device):
@@ -226,18 +250,21 @@ def train(args: argparse.Namespace, task: Any, info: DistInfo | None = None) -> 
         [(n, p) for n, p in model.named_parameters() if p.requires_grad], lr=args.base_lr, clipping_scale=2.0
     )
     scheduler = Eden(optimizer, args.lr_batches, args.lr_epochs, warmup_batches=args.warmup_batches)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.use_fp16)
+    # fp16: start the loss scale at 1 (as icefall does); the default 65536 overflows Zipformer's first steps
+    scaler = torch.amp.GradScaler(device.type, enabled=args.use_fp16, init_scale=1.0)
 
     sampler_state = None
+    pending_rng = None  # restored once the first resumed batch is in hand (the loader's iterator draws RNG)
     if resume_path is not None:
         log.info("Resuming from %s", resume_path)
         saved = ckpt.load_checkpoint(
             resume_path, model=model, model_avg=model_avg, optimizer=optimizer, scheduler=scheduler, scaler=scaler
         )
         state.load(saved.get("train_state", {}))
+        load_adaptive_module_state(model, saved.get("module_state", {}))
         sampler_state = saved.get("sampler")
-        if saved.get("rng") is not None:
-            ckpt.restore_rng_state(saved["rng"])
+        # mid-epoch: continue the RNG streams; at an epoch boundary the epoch's own seeding takes over
+        pending_rng = saved.get("rng") if sampler_state is not None else None
         log.info("Resumed at epoch %d, batch %d", state.epoch, state.batch_idx_train)
     elif args.start_epoch > 1:
         state.epoch = args.start_epoch
@@ -248,7 +275,7 @@ def train(args: argparse.Namespace, task: Any, info: DistInfo | None = None) -> 
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
                           find_unused_parameters=True)
 
-    datamodule = PhoneDataModule(args)
+    datamodule = PhoneDataModule(args, output_downsampling_factor=task.output_downsampling_factor)
     train_dl = datamodule.train_dataloader(tokenizer, sampler_state_dict=sampler_state)
     dev_dl = datamodule.dev_dataloader(tokenizer) if getattr(args, "dev_shar", None) else None
 
@@ -262,24 +289,28 @@ def train(args: argparse.Namespace, task: Any, info: DistInfo | None = None) -> 
     try:
         while state.epoch <= args.num_epochs and not stop:
             scheduler.step_epoch(state.epoch - 1)
-            fix_random_seed(args.seed + state.epoch + 1000 * info.rank)
-            if hasattr(train_dl.sampler, "set_epoch") and sampler_state is None:
-                train_dl.sampler.set_epoch(state.epoch - 1)
-            sampler_state = None  # only the first epoch after a resume continues mid-way
+            if sampler_state is None:
+                fix_random_seed(args.seed + state.epoch + 1000 * info.rank)
+                if hasattr(train_dl.sampler, "set_epoch"):
+                    train_dl.sampler.set_epoch(state.epoch - 1)
+            # else: a resumed epoch goes on mid-way with the sampler position and RNG states of the checkpoint
+            sampler_state = None
             stop = _train_one_epoch(
                 args, task, info, device, train_model, model_avg, optimizer, scheduler, scaler,
-                train_dl, dev_dl, monitor, state, start_time, ckpt,
+                train_dl, dev_dl, monitor, state, start_time, ckpt, pending_rng,
             )
+            pending_rng = None
             if not stop:
                 if info.is_main:
                     ckpt.save_checkpoint(
                         args.exp_dir / f"epoch-{state.epoch}.pt", model=model, model_avg=model_avg,
                         optimizer=optimizer, scheduler=scheduler, scaler=scaler, sampler=None,
-                        params={"train_state": _next_epoch_state(state)},
+                        params={"train_state": _next_epoch_state(state),
+                                "module_state": adaptive_module_state(model)},
                     )
                 state.epoch += 1
         # the newest state always ends up on disk, so nothing done is lost when the run stops early
-        if info.is_main:
+        if info.is_main and state.batch_idx_train > 0:
             _save_batch_checkpoint(args, state, model, model_avg, optimizer, scheduler, scaler, train_dl, ckpt)
     finally:
         if info.is_main:
@@ -336,7 +367,7 @@ def _save_batch_checkpoint(args, state, model, model_avg, optimizer, scheduler, 
     sampler = train_dl.sampler if hasattr(train_dl.sampler, "state_dict") else None
     ckpt.save_checkpoint(
         path, model=model, model_avg=model_avg, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-        sampler=sampler, params={"train_state": state.to_dict()},
+        sampler=sampler, params={"train_state": state.to_dict(), "module_state": adaptive_module_state(model)},
     )
     ckpt.remove_old_checkpoints(args.exp_dir, args.keep_last_k)
     log.info("Saved %s", path)
@@ -344,7 +375,7 @@ def _save_batch_checkpoint(args, state, model, model_avg, optimizer, scheduler, 
 
 def _train_one_epoch(
     args, task, info, device, train_model, model_avg, optimizer, scheduler, scaler,
-    train_dl, dev_dl, monitor, state: TrainState, start_time: float, ckpt,
+    train_dl, dev_dl, monitor, state: TrainState, start_time: float, ckpt, pending_rng: dict | None = None,
 ) -> bool:
     """Returns True when training must stop (limits reached or too many bad batches)."""
     model = unwrap(train_model)
@@ -352,7 +383,10 @@ def _train_one_epoch(
     tot = {"loss": 0.0, "frames": 0.0}
     terms: dict[str, float] = {}
     window_start, window_audio = time.time(), 0.0
-    for batch_in_epoch, batch in enumerate(train_dl):
+    for batch in train_dl:
+        if pending_rng is not None:
+            ckpt.restore_rng_state(pending_rng)
+            pending_rng = None
         state.batch_idx_train += 1
         set_batch_count(model, adjusted_batch_count(state.batch_idx_train, args))
         batch = move_batch(batch, device)

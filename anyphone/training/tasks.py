@@ -51,8 +51,8 @@ class CrCtcTask:
         from anyphone.models.ctc import CtcModel
         from anyphone.models.presets import config_from_args
 
-        cfg = config_from_args(args, output_downsampling_factor=1)
-        return CtcModel(cfg, vocab_size=tokenizer.vocab_size)
+        cfg = config_from_args(args).replace(vocab_size=tokenizer.vocab_size)
+        return CtcModel(cfg)
 
     def __init__(self) -> None:
         self._spec_aug = None

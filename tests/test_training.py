@@ -1,0 +1,185 @@
+"""The shared training loop on CPU: loss falls, gloo DDP, kill-and-resume, non-finite batches, averaging."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anyphone.data.shar import make_cut, write_shar
+from anyphone.training import checkpoint as ckpt
+from anyphone.training.loop import train
+from anyphone.training.recipe import get_train_parser
+from anyphone.training.tasks import get_task
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXTS = ["aba", "kʰæt", "ʃiː", "mama", "goʊ", "tʃɛk", "nɪŋ", "pɑt"]
+
+# A model of about 1M parameters (the ZIPA fixture's shape), so a step takes a fraction of a second.
+SMALL_MODEL = [
+    "--model-size", "tiny", "--num-encoder-layers", "1,1,1,1,1,1",
+    "--encoder-dim", "48,64,64,96,64,48", "--feedforward-dim", "96,128,128,192,128,96",
+    "--num-heads", "2,4,4,4,4,2", "--query-head-dim", "8", "--value-head-dim", "4", "--pos-head-dim", "2",
+    "--pos-dim", "16", "--encoder-unmasked-dim", "32,48,48,64,48,32",
+]
+# No data-side randomness (its generators live in the dataset, not in the checkpointed RNG states).
+NO_AUG = [
+    "--speed-perturb", "0", "--noise-prob", "0", "--volume-perturb-prob", "0", "--silence-pad-prob", "0",
+    "--empty-prob", "0", "--num-workers", "0", "--num-buckets", "2", "--min-duration", "0",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """24 utterances where each text has its own tone, so there is something learnable."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    cuts = []
+    for i in range(24):
+        text = TEXTS[i % len(TEXTS)]
+        dur = float(rng.uniform(0.8, 1.4))
+        t = np.arange(int(dur * 16000)) / 16000
+        f0 = 120 + 40 * (i % len(TEXTS))
+        wave = 0.3 * np.sin(2 * np.pi * f0 * t) * np.sin(np.pi * t / dur) + 0.003 * rng.standard_normal(len(t))
+        cuts.append(make_cut(f"utt{i:03d}", wave.astype(np.float32), text, "eng"))
+    write_shar(cuts, root / "train", shard_size=8)
+    write_shar(cuts[:6], root / "dev", shard_size=8)
+    return root
+
+
+def _args(corpus: Path, exp: Path, *extra: str):
+    argv = [
+        "--exp-dir", str(exp), "--lang-dir", str(ROOT / "ipa_simplified"),
+        "--train-shar", str(corpus / "train"), "--max-duration", "8", "--tensorboard", "0",
+        "--log-interval", "2", "--num-threads", "1", "--average-period", "1", "--seed", "7",
+        *SMALL_MODEL, *NO_AUG, *extra,
+    ]
+    return get_train_parser("crctc").parse_args(argv)
+
+
+def _metrics(exp: Path, split: str, key: str) -> list[float]:
+    recs = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
+    return [r[key] for r in recs if r["split"] == split and key in r]
+
+
+def test_crctc_training_loss_falls(corpus, tmp_path):
+    exp = tmp_path / "exp"
+    args = _args(corpus, exp, "--num-epochs", "20", "--max-batches", "40", "--base-lr", "0.05",
+                 "--dev-shar", str(corpus / "dev"), "--valid-interval", "20", "--save-every-n", "20")
+    state = train(args, get_task("crctc"))
+    assert state.batch_idx_train == 40
+    losses = _metrics(exp, "train", "loss")
+    assert len(losses) >= 10
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:2]), losses
+    assert _metrics(exp, "train", "cr_loss"), "CR-CTC term was not logged"
+    assert len(_metrics(exp, "valid", "err_rate")) == 2
+    assert (exp / "training_curves.png").stat().st_size > 1000
+    assert (exp / "checkpoint-20.pt").is_file() and (exp / "checkpoint-40.pt").is_file()
+    assert any((exp / "log").glob("log-train-0.txt"))
+
+
+def _weights(path: Path, key: str = "model") -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)[key]
+
+
+def test_kill_after_first_checkpoint_then_resume(corpus, tmp_path):
+    """A run killed (SIGKILL) after its first checkpoint resumes from it and ends in the same state as an
+    uninterrupted run: same weights, same averaged model."""
+    # 3 batches per epoch: checkpoints at 2, 4 (mid-epoch) and 6 (an epoch boundary)
+    common = ["--num-epochs", "50", "--save-every-n", "2", "--keep-last-k", "0"]
+    straight = tmp_path / "straight"
+    train(_args(corpus, straight, *common, "--max-batches", "8"), get_task("crctc"))
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, str(ROOT / "zipformer_crctc" / "train.py"),
+           *[str(a) for a in _argv(corpus, killed, *common, "--max-batches", "1000")]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not (killed / "checkpoint-2.pt").exists():
+            assert proc.poll() is None, "training died before its first checkpoint"
+            assert time.time() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    first = ckpt.find_checkpoints(killed)
+    assert first, "the killed run left no checkpoint"
+    assert max(int(p.stem.split("-")[1]) for p in first) < 8, "the run went too far before the kill"
+
+    state = train(_args(corpus, killed, *common, "--max-batches", "8"), get_task("crctc"))
+    assert state.batch_idx_train == 8
+    a, b = _weights(straight / "checkpoint-8.pt"), _weights(killed / "checkpoint-8.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+    a, b = _weights(straight / "checkpoint-8.pt", "model_avg"), _weights(killed / "checkpoint-8.pt", "model_avg")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def _argv(corpus: Path, exp: Path, *extra: str) -> list[str]:
+    return [
+        "--exp-dir", exp, "--lang-dir", ROOT / "ipa_simplified", "--train-shar", corpus / "train",
+        "--max-duration", "8", "--tensorboard", "0", "--log-interval", "2", "--num-threads", "1",
+        "--average-period", "1", "--seed", "7", *SMALL_MODEL, *NO_AUG, *extra,
+    ]
+
+
+def test_non_finite_batches_are_skipped_and_counted(corpus, tmp_path, monkeypatch):
+    task = get_task("crctc")
+    real = task.compute_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(model, batch, args, batch_idx, is_training):
+        loss, info = real(model, batch, args, batch_idx, is_training)
+        calls["n"] += 1
+        if is_training and calls["n"] in (2, 3):
+            loss = loss * float("nan")
+        return loss, info
+
+    monkeypatch.setattr(task, "compute_loss", sometimes_nan)
+    exp = tmp_path / "exp"
+    state = train(_args(corpus, exp, "--num-epochs", "10", "--max-batches", "6"), task)
+    assert state.bad_total == 2 and state.batch_idx_train == 6
+    for k, v in _weights(exp / "checkpoint-6.pt").items():
+        assert torch.isfinite(v.float()).all(), f"{k} became non-finite"
+    log = (exp / "log" / "log-train-0.txt").read_text()
+    assert "non-finite loss" in log and "skipped" in log
+
+
+def test_too_many_bad_batches_in_a_row_stop_the_run(corpus, tmp_path, monkeypatch):
+    task = get_task("crctc")
+    real = task.compute_loss
+    def always_inf(*a):
+        loss, info = real(*a)
+        return loss * float("inf"), info
+
+    monkeypatch.setattr(task, "compute_loss", always_inf)
+    with pytest.raises(RuntimeError, match="3 batches in a row"):
+        train(_args(corpus, tmp_path / "exp", "--num-epochs", "10", "--max-batches", "6",
+                    "--max-bad-batches", "3"), task)
+
+
+def test_gloo_ddp_two_processes(corpus, tmp_path):
+    exp = tmp_path / "ddp"
+    cmd = [sys.executable, str(ROOT / "zipformer_crctc" / "train.py"),
+           *[str(a) for a in _argv(corpus, exp, "--world-size", "2", "--num-epochs", "20", "--max-batches", "4",
+                                   "--master-port", str(29500 + os.getpid() % 1000))]]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for rank in (0, 1):
+        text = (exp / "log" / f"log-train-{rank}.txt").read_text()
+        assert "world size 2" in text
+    assert (exp / "checkpoint-4.pt").is_file()
+    # DDP keeps the replicas identical: rank 0's saved weights are finite and were trained
+    sd = _weights(exp / "checkpoint-4.pt")
+    assert all(torch.isfinite(v.float()).all() for v in sd.values())
