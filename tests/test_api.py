@@ -366,6 +366,22 @@ def test_tokens_fallbacks(model_dir, tmp_path, wave, rec):
         load_model(lone, tokens=tmp_path / "nope.txt")
 
 
+def test_config_json_beside_checkpoint(model_dir, tmp_path):
+    import json
+
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "model.pth").write_bytes(model_dir.read_bytes())
+    (d / "config.json").write_text(json.dumps(get_preset("fixture_tiny").to_dict()), encoding="utf-8")
+    assert load_model(d / "model.pth").family == "crctc"
+    (d / "config.json").write_text(json.dumps(get_preset("tiny").to_dict()), encoding="utf-8")
+    with pytest.raises(ValueError, match="does not fit"):
+        load_model(d / "model.pth")
+    (d / "config.json").write_text("{oops", encoding="utf-8")
+    with pytest.raises(ValueError, match="config.json: not valid JSON"):
+        load_model(d / "model.pth")
+
+
 def test_exp_dir_with_iter_and_avg(model_dir, tmp_path, wave, rec):
     sd = torch.load(model_dir, weights_only=True)
     exp = tmp_path / "exp"
@@ -381,6 +397,10 @@ def test_exp_dir_with_iter_and_avg(model_dir, tmp_path, wave, rec):
     assert r2.name.endswith("iter-20-avg-1")
     with pytest.raises(FileNotFoundError, match="checkpoint-30.pt"):
         load_model(exp, iter=30)
+    # --avg 2 with the running averages: (A_30 * 30 - A_10 * 10) / 20 of identical weights is the same model
+    torch.save({"model": sd, "model_avg": sd, "batch_idx_train": 30}, exp / "checkpoint-30.pt")
+    r3 = load_model(exp, iter=30, avg=2, batch_size=1)
+    assert r3.name.endswith("iter-30-avg-2") and r3.recognize(wave) == ref
     with pytest.raises(ValueError, match="exp dir"):
         load_model(model_dir, iter=10)
 

@@ -318,6 +318,10 @@ def config_from_state_dict(
     why = _shapes_match(family, cfg, sd, use_ctc)
     if why:
         raise ValueError(f"checkpoint shapes fit no Zipformer configuration (derived one: {why}); pass config=")
+    log.warning("model configuration derived from tensor shapes (no preset matches); attention heads assumed "
+                "%s x query %d / value %d / pos %d: put a config.json (ZipformerConfig.to_dict()) beside the "
+                "checkpoint if the model was trained with other head sizes", ",".join(map(str, cfg.num_heads)),
+                cfg.query_head_dim[0], cfg.value_head_dim[0], cfg.pos_head_dim[0])
     return family, cfg, use_ctc
 
 
