@@ -178,7 +178,10 @@ def _load(args: argparse.Namespace):
                           tokens=args.tokens, revision=args.revision, batch_size=args.batch_size,
                           chunk_seconds=args.chunk_seconds)
     except (ModelNotAvailableError, UnsafeCheckpointError, FileNotFoundError, ValueError, ImportError) as e:
-        raise _Failure(str(e).splitlines()[0] if str(e) else type(e).__name__, 2) from None
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, ModelNotAvailableError) and "could not download" in msg:
+            msg += f"; fetch it once while online with `anyphone download {args.model}`"
+        raise _Failure(msg, 2) from None
 
 
 # --------------------------------------------------------------------------------------------------------
