@@ -8,8 +8,9 @@ Usage:
   python benchmarks/inference_speed.py --export-only         # just build the ONNX files
   python benchmarks/inference_speed.py --threads 1 --repeats 5 --skip-wav2vec2
 
-Each figure is the median of --repeats timed runs after one warm-up run, timed with perf_counter in
-this process; nothing else runs here, but the machine may be shared, so look at min too.  Zipformer
+Each figure is the median of --repeats timed runs after one warm-up run (perf_counter); the systems are
+timed round-robin so that load changes on a shared machine affect them alike; look at min too, and at
+the load average printed with the table (2-thread figures mean little when the 2 cores are busy).  Zipformer
 timings are for the network on precomputed fbank (1000 frames); the fbank itself (kaldi-native-fbank,
 as the ONNX runtime computes it) is timed on its own line.  wav2vec2 reads the raw wave.
 Real-time factor RTF = compute time / audio duration; "x real time" = 1 / RTF.
@@ -29,14 +30,27 @@ AUDIO_SECONDS = 10.0
 SR = 16000
 
 
-def _timeit(fn, repeats: int) -> tuple[float, float]:
-    fn()  # warm-up (allocations, ORT arena, lazy init)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def _interleaved(systems: list[tuple[str, object, int]], repeats: int) -> dict[str, tuple[float, float]]:
+    """Time several systems round-robin (one warm-up each, then ``repeats`` rounds, each system once per
+    round, a system with its own smaller repeat count dropping out early) so that load changes on a
+    shared machine hit them all alike.  Returns {name: (median s, min s)}."""
+    times: dict[str, list[float]] = {name: [] for name, _, _ in systems}
+    for _, fn, _ in systems:
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times)
+    for r in range(repeats):
+        for name, fn, reps in systems:
+            if r < reps:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return {k: (statistics.median(v), min(v)) for k, v in times.items()}
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def export_small(work: Path) -> dict[str, Path]:
@@ -106,25 +120,27 @@ def main() -> None:
         except ImportError as e:
             w2v2_note = f"wav2vec2-large skipped: transformers not importable ({e})"
 
+    load0 = _loadavg()
     rows = []  # (system, threads, median, min)
     for n in threads:
-        t_fb = _timeit(lambda: fbank_batch([wave]), args.repeats)
-        rows.append(("fbank (kaldi-native-fbank)", n, *t_fb))
         torch.set_num_threads(n)
-        with torch.inference_mode():
-            rows.append(("zipformer small, PyTorch fp32", n, *_timeit(lambda: model(x_t, l_t), args.repeats)))
-        for prec in ("fp32", "int8"):
-            sess = make_session(paths[prec], "cpu", num_threads=n)
-            feed = {"x": feats, "x_lens": lens}
-            t = _timeit(lambda s=sess, f=feed: s.run(None, f), args.repeats)
-            rows.append((f"zipformer small, ONNX {prec}", n, *t))
+        feed = {"x": feats, "x_lens": lens}
+        sessions = {prec: make_session(paths[prec], "cpu", num_threads=n) for prec in ("fp32", "int8")}
+        systems = [
+            ("fbank (kaldi-native-fbank)", lambda: fbank_batch([wave]), args.repeats),
+            ("zipformer small, PyTorch fp32", lambda: model(x_t, l_t), args.repeats),
+            ("zipformer small, ONNX fp32", lambda s=sessions["fp32"], f=feed: s.run(None, f), args.repeats),
+            ("zipformer small, ONNX int8", lambda s=sessions["int8"], f=feed: s.run(None, f), args.repeats),
+        ]
         if w2v2 is not None:
             wt = torch.from_numpy(wave)[None]
-            with torch.inference_mode():
-                t = _timeit(lambda w=wt: w2v2(w).logits, args.w2v2_repeats)
-            rows.append(("wav2vec2-large, PyTorch fp32", n, *t))
+            systems.append(("wav2vec2-large, PyTorch fp32", lambda w=wt: w2v2(w).logits, args.w2v2_repeats))
+        with torch.inference_mode():
+            res = _interleaved(systems, max(args.repeats, args.w2v2_repeats))
+        rows.extend((name, n, *res[name]) for name, _, _ in systems)
 
     n_small = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"\nload average before/after: {load0} / {_loadavg()}")
     print(f"\n10 s of audio, CPU ({torch.get_num_interop_threads()} inter-op), zipformer small {n_small:.0f}M params; "
           f"{w2v2_note}")
     print(f"{'system':34s} {'thr':>3s} {'median s':>9s} {'min s':>7s} {'RTF':>7s} {'x RT':>7s} {'vs w2v2':>8s}")
