@@ -1,27 +1,30 @@
-"""Data: ZIPA fbank, Shar reading/writing and user corpora, augmentation, the PhoneDataModule."""
+"""Data: ZIPA fbank, Shar reading/writing and user corpora, augmentation, the PhoneDataModule.
 
-from anyphone.data.fbank import FbankModule, compute_fbank, num_frames
-from anyphone.data.module import PhoneDataModule, PhoneDataset, str2bool
-from anyphone.data.shar import (
-    CorpusReport,
-    kaldi_dir_to_shar,
-    lhotse_manifests_to_shar,
-    open_shar,
-    open_train_shars,
-    write_shar,
-)
+Names are imported lazily, so that reading package data (language inventories under anyphone/data/) or
+the eSpeak wrapper never pulls in lhotse's dataset machinery.
+"""
 
-__all__ = [
-    "CorpusReport",
-    "FbankModule",
-    "PhoneDataModule",
-    "PhoneDataset",
-    "compute_fbank",
-    "kaldi_dir_to_shar",
-    "lhotse_manifests_to_shar",
-    "num_frames",
-    "open_shar",
-    "open_train_shars",
-    "str2bool",
-    "write_shar",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "FbankModule": "anyphone.data.fbank",
+    "compute_fbank": "anyphone.data.fbank",
+    "num_frames": "anyphone.data.fbank",
+    "PhoneDataModule": "anyphone.data.module",
+    "PhoneDataset": "anyphone.data.module",
+    "str2bool": "anyphone.data.module",
+    "CorpusReport": "anyphone.data.shar",
+    "kaldi_dir_to_shar": "anyphone.data.shar",
+    "lhotse_manifests_to_shar": "anyphone.data.shar",
+    "open_shar": "anyphone.data.shar",
+    "open_train_shars": "anyphone.data.shar",
+    "write_shar": "anyphone.data.shar",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'anyphone.data' has no attribute {name!r}")

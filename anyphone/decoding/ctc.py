@@ -117,7 +117,7 @@ def ctc_greedy_search(
             results.append(CtcHypothesis([], [], []) if return_timestamps else [])
             continue
         # A frame starts a new run when its id differs from the previous frame's id.
-        starts = torch.ones(length, dtype=torch.bool)
+        starts = torch.ones(length, dtype=torch.bool, device=ids.device)
         starts[1:] = ids[1:] != ids[:-1]
         keep = starts & (ids != blank_id)
         frames = keep.nonzero(as_tuple=True)[0]

@@ -47,3 +47,16 @@ __all__ = [
     "remove_model",
     "resolve_model",
 ]
+
+
+# The model-side API imports torch, so it is loaded only when asked for.
+_LAZY = {"load_model": "anyphone.inference.api", "PhoneRecognizer": "anyphone.inference.api",
+         "plot_posteriorgram": "anyphone.inference.plot"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'anyphone.inference' has no attribute {name!r}")

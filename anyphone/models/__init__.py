@@ -7,11 +7,15 @@ Main entry points: :class:`CtcModel`, :func:`build_encoder`, :class:`ZipformerCo
 from .ctc import CtcModel, build_encoder, count_parameters, forward_encoder
 from .presets import PRESETS, ZipformerConfig, add_model_arguments, config_from_args, get_preset
 from .scaling import set_batch_count
+from .transducer import Decoder, Joiner, TransducerModel
 from .zipformer import Zipformer2, make_pad_mask
 
 __all__ = [
     "PRESETS",
     "CtcModel",
+    "Decoder",
+    "Joiner",
+    "TransducerModel",
     "Zipformer2",
     "ZipformerConfig",
     "add_model_arguments",

@@ -310,7 +310,8 @@ def train(args: argparse.Namespace, task: Any, info: DistInfo | None = None) -> 
                     )
                 state.epoch += 1
         # the newest state always ends up on disk, so nothing done is lost when the run stops early
-        if info.is_main and state.batch_idx_train > 0:
+        final = args.exp_dir / f"checkpoint-{state.batch_idx_train}.pt"
+        if info.is_main and state.batch_idx_train > 0 and not final.exists():
             _save_batch_checkpoint(args, state, model, model_avg, optimizer, scheduler, scaler, train_dl, ckpt)
     finally:
         if info.is_main:

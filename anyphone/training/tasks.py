@@ -128,7 +128,89 @@ class CrCtcTask:
                          "ctc-greedy-search or ctc-prefix-beam-search")
 
 
-TASKS = {"crctc": CrCtcTask}
+class TransducerTask:
+    """Zipformer pruned transducer (ZIPA's Zipa-T), 25 Hz output, optionally with a joint CTC head."""
+
+    name = "transducer"
+    output_downsampling_factor = 2
+    default_decoding_method = "greedy_search"
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("pruned transducer")
+        g.add_argument("--prune-range", type=int, default=5, help="Symbols per frame kept by the pruned loss.")
+        g.add_argument("--lm-scale", type=float, default=0.25, help="LM-only smoothing of the simple loss.")
+        g.add_argument("--am-scale", type=float, default=0.0, help="AM-only smoothing of the simple loss.")
+        g.add_argument("--simple-loss-scale", type=float, default=0.5,
+                       help="Weight of the simple loss after --warm-step (it starts at 1.0).")
+        g.add_argument("--warm-step", type=int, default=2000,
+                       help="Batches over which the simple-loss weight falls to --simple-loss-scale and the "
+                       "pruned-loss weight rises from 0.1 to 1.0 (ZIPA's warm-up).")
+        g.add_argument("--use-ctc", type=str2bool, default=False, help="Add a joint CTC head.")
+        g.add_argument("--ctc-loss-scale", type=float, default=0.2)
+        g.add_argument("--rnnt-backend", type=str, default="auto", choices=["auto", "torch", "k2", "fast_rnnt"],
+                       help="Pruned RNN-T loss implementation: ours in PyTorch, or k2/fast_rnnt when importable.")
+        g.add_argument("--enable-model-spec-aug", type=str2bool, default=True,
+                       help="SpecAugment on the fbank inside the training step.")
+
+    @staticmethod
+    def build_model(args: argparse.Namespace, tokenizer) -> nn.Module:
+        from anyphone.models.presets import config_from_args
+        from anyphone.models.transducer import TransducerModel
+
+        cfg = config_from_args(args).replace(vocab_size=tokenizer.vocab_size)
+        return TransducerModel(cfg, use_ctc=getattr(args, "use_ctc", False),
+                               rnnt_backend=getattr(args, "rnnt_backend", "auto"))
+
+    def __init__(self) -> None:
+        self._spec_aug = None
+
+    def compute_loss(self, model, batch: dict, args, batch_idx_train: int, is_training: bool):
+        from anyphone.models.specaug import SpecAugment
+        from anyphone.models.transducer import transducer_loss_scales
+
+        x, x_lens = batch["features"], batch["feature_lens"]
+        if is_training and args.enable_model_spec_aug:
+            if self._spec_aug is None:
+                self._spec_aug = SpecAugment()
+            x = self._spec_aug(x, x_lens)
+        out = model(x, x_lens, batch["token_ids"], prune_range=args.prune_range,
+                    am_scale=args.am_scale, lm_scale=args.lm_scale)
+        simple, pruned = out[0], out[1]
+        simple_scale, pruned_scale = transducer_loss_scales(batch_idx_train, args.warm_step,
+                                                            args.simple_loss_scale)
+        loss = simple_scale * simple + pruned_scale * pruned
+        info = {"simple_loss": float(simple.detach()), "pruned_loss": float(pruned.detach())}
+        if len(out) > 2:
+            loss = loss + args.ctc_loss_scale * out[2]
+            info["ctc_loss"] = float(out[2].detach())
+        # frames at 25 Hz, computed like the encoder does, for per-frame logging
+        info["frames"] = float((((x_lens - 7) // 2 + 1) // 2).sum())
+        return loss, info
+
+    @staticmethod
+    @torch.no_grad()
+    def greedy_decode(model, batch: dict) -> list[list[int]]:
+        from anyphone.decoding.transducer import greedy_search_batch
+
+        enc, enc_lens = model.forward_encoder(batch["features"], batch["feature_lens"])
+        return greedy_search_batch(model, enc, enc_lens)
+
+    @staticmethod
+    @torch.no_grad()
+    def decode(model, batch: dict, args) -> list[list[int]]:
+        from anyphone.decoding.transducer import greedy_search_batch, modified_beam_search
+
+        enc, enc_lens = model.forward_encoder(batch["features"], batch["feature_lens"])
+        if args.decoding_method == "greedy_search":
+            return greedy_search_batch(model, enc, enc_lens, max_sym_per_frame=args.max_sym_per_frame)
+        if args.decoding_method == "modified_beam_search":
+            return modified_beam_search(model, enc, enc_lens, beam=args.beam_size)
+        raise SystemExit(f"--decoding-method {args.decoding_method}: transducer models decode with "
+                         "greedy_search or modified_beam_search")
+
+
+TASKS = {"crctc": CrCtcTask, "transducer": TransducerTask}
 
 
 def get_task(name: str):
