@@ -153,10 +153,43 @@ def _rel_attn_weights_forward(
     return scores.softmax(dim=-1)
 
 
+# SwooshL / SwooshR constants (shift, offset) and slope: k2's definitions, fixed by ZIPA compatibility
+_SWOOSH_L = (4.0, 0.035)
+_SWOOSH_R = (1.0, 0.313261687)
+_SWOOSH_SLOPE = 0.08
+
+
+def _swoosh_onnx(x: Tensor, shift: float, offset: float) -> Tensor:
+    # softplus(z) written as relu(z) + log(1 + exp(-|z|)): the same value in float32 (the eager model's
+    # thresholded softplus included), but it exports to cheap vectorised ops; onnxruntime's Softplus
+    # kernel alone took ~60 % of the CPU time of the small model.
+    xf = x.float()
+    z = xf - shift
+    sp = torch.relu(z) + torch.log(1.0 + torch.exp(-torch.abs(z)))
+    return (sp - _SWOOSH_SLOPE * xf - offset).to(x.dtype)
+
+
+def _swoosh_l_forward(self, x: Tensor) -> Tensor:
+    return _swoosh_onnx(x, *_SWOOSH_L)
+
+
+def _swoosh_r_forward(self, x: Tensor) -> Tensor:
+    return _swoosh_onnx(x, *_SWOOSH_R)
+
+
+def _activation_linear_forward(self, x: Tensor) -> Tensor:
+    # ActivationDropoutAndLinear in eval: swoosh, then linear (dropout is off)
+    kind = _SWOOSH_L if self.activation == "SwooshL" else _SWOOSH_R
+    return torch.nn.functional.linear(_swoosh_onnx(x, *kind), self.weight, self.bias)
+
+
 def _patch_table() -> dict[type, Any]:
-    from anyphone.models import subsampling, zipformer
+    from anyphone.models import scaling, subsampling, zipformer
 
     return {
+        scaling.SwooshL: _swoosh_l_forward,
+        scaling.SwooshR: _swoosh_r_forward,
+        scaling.ActivationDropoutAndLinear: _activation_linear_forward,
         subsampling.Conv2dSubsampling: _subsampling_forward,
         zipformer.SimpleDownsample: _simple_downsample_forward,
         zipformer.CompactRelPositionalEncoding: _rel_pos_forward,
