@@ -22,6 +22,7 @@ from anyphone.models.ctc import CtcModel
 from anyphone.models.presets import get_preset
 from anyphone.models.scaling import set_batch_count
 from anyphone.optim import ScaledAdam
+from anyphone.training.loop import tune_cpu_allocator
 from anyphone.training.tasks import CrCtcTask
 
 
@@ -88,6 +89,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    tune_cpu_allocator()  # as the training loop does
     device = torch.device(a.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {a.threads} threads"
     print(f"CR-CTC training throughput on {where}, {a.dtype}, batches of {a.batch_seconds:.0f} s of audio")
