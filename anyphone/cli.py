@@ -7,6 +7,7 @@
     anyphone download zipa-cr-small-500k                # fetch a published model into the Hugging Face cache
     anyphone list-models | remove-model NAME
     anyphone list-lang | list-phone --lang eng | write-phone/update-phone/restore-phone --lang eng ...
+    anyphone finetune -i data/my_lang --init-from zipa-cr-small-500k --exp-dir exp/my_lang   # wave/text dir
 
 ``python -m anyphone.cli ...`` works too. Errors are one line on stderr; the exit status is 0 on success, 1 when
 any input failed, 2 for bad options or a model that cannot be loaded.
@@ -298,6 +299,22 @@ def cmd_restore_phone(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------
+# finetune
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from anyphone.training.finetune import FinetuneError, build_parser, finetune
+
+    # finetune's own parser; flags it does not know go on to the training parser
+    opts, extra = build_parser().parse_known_args(args.finetune_args)
+    try:
+        finetune(opts, extra)
+    except FinetuneError as e:
+        raise _Failure(str(e), 2) from None
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
 # parser
 
 
@@ -372,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("restore-phone", help="Remove a language's custom inventory.")
     rp.add_argument("--lang", required=True)
     rp.set_defaults(func=cmd_restore_phone)
+    # every argument after `finetune` is handed to anyphone.training.finetune untouched (no '-' options here),
+    # so training flags such as --max-minutes pass through; `anyphone finetune --help` shows its flags
+    ft = sub.add_parser("finetune", add_help=False, prefix_chars="+",
+                        help="Fine-tune a model on your own wave/text data dir (anyphone finetune --help).")
+    ft.add_argument("finetune_args", nargs="*", help=argparse.SUPPRESS)
+    ft.set_defaults(func=cmd_finetune)
     return p
 
 
