@@ -19,6 +19,7 @@ from anyphone.training.finetune import (
     FinetuneError,
     build_parser,
     build_train_args,
+    prepare_data,
     resolve_init_model,
     split_kaldi_dir,
 )
@@ -203,3 +204,71 @@ def test_transducer_fixture_picks_the_transducer_task(tmp_path):
     opts = build_parser().parse_args(["-i", "x", "--init-from", "y", "--exp-dir", str(tmp_path / "exp")])
     args = build_train_args(opts, init, [])
     assert hasattr(args, "prune_range") and args.decoder_dim == 64 and args.use_ctc is False
+
+
+def test_published_name_and_exp_dir_resolve(init_ckpt, tmp_path, monkeypatch):
+    """A registry name is looked up in the Hugging Face cache (offline here); an exp dir gives best-valid.pt."""
+    snap = tmp_path / "hub" / "models--anyspeech--zipa-small-crctc-500k" / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("0" * 40)
+    shutil.copyfile(init_ckpt, snap / "zipa_small_crctc_500000_avg10.pth")  # stand-in weights, tiny shape
+    shutil.copyfile(TOKENS, snap / "tokens.txt")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    init = resolve_init_model("zipa-cr-small-500k")
+    assert init.checkpoint == snap / "zipa_small_crctc_500000_avg10.pth" and init.tokens == snap / "tokens.txt"
+    assert init.family == "crctc" and init.label == "zipa-cr-small-500k"
+    with pytest.raises(FinetuneError, match="zipa-t-large-500k.*HF_HUB_OFFLINE"):
+        resolve_init_model("zipa-t-large-500k")
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    torch.save({"model": torch.load(init_ckpt, weights_only=True), "valid": {"err_rate": 12.5}}, exp / "best-valid.pt")
+    torch.save({"model": torch.load(init_ckpt, weights_only=True)}, exp / "epoch-3.pt")
+    assert resolve_init_model(exp).checkpoint == exp / "best-valid.pt"
+
+
+def test_prepare_data_with_dev_dir_reuses_and_guards(kaldi_dir, tmp_path, capsys):
+    dev = tmp_path / "dev_src"
+    dev.mkdir()
+    lines = (kaldi_dir / "wave").read_text().splitlines()[:3]
+    (dev / "wav.scp").write_text("".join(f"{ln.split()[0]} {kaldi_dir / ln.split()[1]}\n" for ln in lines))
+    (dev / "text").write_text("".join(ln + "\n" for ln in (kaldi_dir / "text").read_text().splitlines()[:3]))
+    first = prepare_data(kaldi_dir, tmp_path / "data", dev_dir=dev, language="eng")
+    assert (first.train_count, first.dev_count, first.reused) == (14, 3, False)
+    again = prepare_data(kaldi_dir, tmp_path / "data", dev_dir=dev, language="eng")
+    assert again.reused and again.train_count == 14 and abs(again.train_seconds - first.train_seconds) < 1e-6
+    with pytest.raises(FinetuneError, match="other settings .*language"):
+        prepare_data(kaldi_dir, tmp_path / "data", dev_dir=dev, language="fra")
+
+
+def test_schedule_wrapper_pickles_for_ddp_and_delegates():
+    import pickle
+
+    from anyphone.training.finetune import _PretrainedScheduleTask
+    from anyphone.training.tasks import get_task
+
+    task = pickle.loads(pickle.dumps(_PretrainedScheduleTask(get_task("transducer"), 50000.0)))
+    assert task.name == "transducer" and task.output_downsampling_factor == 2 and task.offset == 50000.0
+
+
+def test_schedule_wrapper_starts_zipformer_schedules_past_warmup():
+    from argparse import Namespace
+
+    from anyphone.models.ctc import CtcModel
+    from anyphone.models.scaling import ScheduledFloat
+    from anyphone.training.finetune import _PretrainedScheduleTask
+
+    class Inner:
+        name = "crctc"
+
+        @staticmethod
+        def compute_loss(model, batch, args, batch_idx_train, is_training):
+            return torch.zeros(()), {"frames": 1.0}
+
+    model = CtcModel(get_preset("fixture_tiny"))
+    args = Namespace(max_duration=100.0, world_size=1, accum_grad=1, ref_duration=600.0)
+    _PretrainedScheduleTask(Inner(), 50000.0).compute_loss(model, {}, args, 6, True)
+    counts = {m.batch_count for m in model.modules() if isinstance(m, ScheduledFloat)}
+    assert counts == {50001.0}
