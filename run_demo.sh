@@ -14,9 +14,9 @@ nj=2
 recipe=zipformer_crctc
 exp_dir=""
 train_minutes=15
-max_duration=150
+max_duration=40
 base_lr=0.05
-save_every_n=100
+save_every_n=150
 avg=3
 hours=3
 languages=default
@@ -38,16 +38,16 @@ esac
 
 log "Training $recipe (tiny) for $train_minutes minutes -> $exp_dir"
 # Short-run schedule: Eden decays over ~1000 batches instead of icefall's 7500, and the Zipformer's own
-# regularisation schedules (dropout, layer skipping) count batches of --ref-duration 30 s, so they relax
+# regularisation schedules (dropout, layer skipping) count batches of --ref-duration 8 s, so they relax
 # within the run as they would over a long one.
 $python "$recipe/train.py" \
   --model-size tiny --exp-dir "$exp_dir" \
   --train-shar data/shar/embedded/train --dev-shar data/shar/embedded/dev \
   --max-duration "$max_duration" --num-workers 1 --num-threads "$nj" \
   --num-epochs 1000 --max-minutes "$train_minutes" \
-  --base-lr "$base_lr" --lr-batches 1000 --lr-epochs 2 --warmup-batches 200 --ref-duration 30 \
+  --base-lr "$base_lr" --lr-batches 1000 --lr-epochs 2 --warmup-batches 200 --ref-duration 8 \
   --save-every-n "$save_every_n" --keep-last-k $((avg + 2)) --average-period 10 \
-  --valid-interval 400 --log-interval 25
+  --valid-interval 100000 --log-interval 50
 
 last=$(ls "$exp_dir"/checkpoint-*.pt | sed 's/.*checkpoint-\([0-9]*\)\.pt/\1/' | sort -n | tail -1)
 # the averaged-model window needs a checkpoint --avg saves back; fall back to fewer when the run was short

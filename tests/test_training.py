@@ -183,3 +183,47 @@ def test_gloo_ddp_two_processes(corpus, tmp_path):
     # DDP keeps the replicas identical: rank 0's saved weights are finite and were trained
     sd = _weights(exp / "checkpoint-4.pt")
     assert all(torch.isfinite(v.float()).all() for v in sd.values())
+
+
+def test_transducer_training_loss_falls_and_decode_writes_results(corpus, tmp_path):
+    from anyphone.decoding.run import decode_main_cli
+
+    exp = tmp_path / "exp"
+    args = get_train_parser("transducer").parse_args([str(a) for a in _argv(corpus, exp)] + [
+        "--num-epochs", "30", "--max-batches", "40", "--base-lr", "0.05", "--save-every-n", "20",
+        "--warm-step", "20", "--rnnt-backend", "torch",
+    ])
+    state = train(args, get_task("transducer"))
+    assert state.batch_idx_train == 40
+    simple = _metrics(exp, "train", "simple_loss")
+    assert np.mean(simple[-3:]) < 0.7 * np.mean(simple[:2]), simple
+    assert _metrics(exp, "train", "pruned_loss")
+    summary = decode_main_cli("transducer", [
+        "--exp-dir", str(exp), "--iter", "40", "--avg", "1", "--use-averaged-model", "1",
+        "--lang-dir", str(ROOT / "ipa_simplified"), "--test-shar", f"dev={corpus / 'dev'}", *SMALL_MODEL,
+        "--num-workers", "0", "--max-duration", "8",
+    ])
+    assert set(summary) == {"dev"} and summary["dev"]["PER"] >= 0
+    res = exp / "greedy_search"
+    errs = (res / "errs-dev-iter-40-avg-1-use-averaged-model.txt").read_text()
+    recogs = (res / "recogs-dev-iter-40-avg-1-use-averaged-model.txt").read_text()
+    assert errs.startswith("%PER = ") and "PER-UTT DETAILS" in errs
+    assert recogs.count("ref=") == 6 and recogs.count("hyp=") == 6
+
+
+def test_crctc_decode_averages_and_names_a_missing_checkpoint(corpus, tmp_path):
+    from anyphone.decoding.run import decode_main_cli
+
+    exp = tmp_path / "exp"
+    train(_args(corpus, exp, "--num-epochs", "10", "--max-batches", "6", "--save-every-n", "2"), get_task("crctc"))
+    common = ["--exp-dir", str(exp), "--lang-dir", str(ROOT / "ipa_simplified"),
+              "--test-shar", f"dev={corpus / 'dev'}", *SMALL_MODEL, "--num-workers", "0", "--max-duration", "8"]
+    summary = decode_main_cli("crctc", [*common, "--iter", "6", "--avg", "2", "--use-averaged-model", "1",
+                                        "--decoding-method", "ctc-prefix-beam-search", "--beam-size", "2"])
+    assert "PFER" in summary["dev"]
+    assert (exp / "ctc-prefix-beam-search" / "per-summary-iter-6-avg-2-use-averaged-model.txt").is_file()
+    # --avg 2 without the averaged model: the plain mean of checkpoint-6 and checkpoint-4
+    summary = decode_main_cli("crctc", [*common, "--iter", "6", "--avg", "2", "--use-averaged-model", "0"])
+    assert summary["dev"]["PER"] >= 0
+    with pytest.raises(SystemExit, match="checkpoint-5.pt"):
+        decode_main_cli("crctc", [*common, "--iter", "5", "--avg", "1"])
