@@ -26,18 +26,11 @@ import os
 import sys
 from pathlib import Path
 
+from anyphone.utils import str2bool as _str2bool
+
 __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("anyphone")
-
-
-def _str2bool(v: str) -> bool:
-    s = str(v).strip().lower()
-    if s in ("1", "true", "yes", "y", "t", "on"):
-        return True
-    if s in ("0", "false", "no", "n", "f", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
 
 
 def _positive_int(v: str) -> int:

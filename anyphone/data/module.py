@@ -32,20 +32,9 @@ from torch.utils.data import DataLoader
 from anyphone.data.augment import NoiseAugment, SilenceAugment, SpecAugment, SpeedPerturb, VolumePerturb
 from anyphone.data.fbank import SAMPLE_RATE, compute_fbank, num_frames, pad_waves
 from anyphone.data.shar import open_shar, open_train_shars, parse_named_dir, parse_weighted_dir, shar_fields
+from anyphone.utils import str2bool
 
 log = logging.getLogger(__name__)
-
-
-def str2bool(v: str | bool) -> bool:
-    """argparse type for booleans: True/False, yes/no, 1/0, t/f, y/n (any case)."""
-    if isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    if s in ("true", "t", "yes", "y", "1"):
-        return True
-    if s in ("false", "f", "no", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (True/False/1/0), got {v!r}")
 
 
 def _snr_range(v: str) -> tuple[float, float]:

@@ -633,14 +633,7 @@ def get_export_parser(model_type: str, description: str | None = None):
     import argparse
 
     from anyphone.models.presets import add_model_arguments
-
-    def str2bool(v: str) -> bool:
-        s = str(v).strip().lower()
-        if s in ("1", "true", "yes", "y", "t"):
-            return True
-        if s in ("0", "false", "no", "n", "f"):
-            return False
-        raise argparse.ArgumentTypeError(f"expected a boolean (1/0, true/false), got {v!r}")
+    from anyphone.utils import str2bool
 
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("checkpoint (icefall names)")

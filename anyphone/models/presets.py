@@ -17,6 +17,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from anyphone.utils import str2bool as _str2bool
+
 from .scaling import int_tuple
 
 __all__ = [
@@ -186,15 +188,6 @@ def get_preset(name: str) -> ZipformerConfig:
     if name not in PRESETS:
         raise ValueError(f"presets: unknown model size {name!r}, expected one of {sorted(PRESETS)}")
     return dataclasses.replace(PRESETS[name])
-
-
-def _str2bool(v: str) -> bool:
-    s = str(v).strip().lower()
-    if s in ("1", "true", "yes", "y", "t"):
-        return True
-    if s in ("0", "false", "no", "n", "f"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {v!r}")
 
 
 # flag name -> (field, help); every flag defaults to None meaning "take the preset's value".

@@ -36,20 +36,9 @@ from anyphone.training.dist import (
     launched_by_torchrun,
 )
 from anyphone.training.monitor import Monitor, setup_logging
+from anyphone.utils import str2bool
 
 log = logging.getLogger("anyphone.train")
-
-
-def str2bool(v: str | bool) -> bool:
-    """icefall-style booleans: --use-fp16 1, --use-fp16 True, --use-fp16 false ..."""
-    if isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    if s in ("1", "true", "yes", "y", "t"):
-        return True
-    if s in ("0", "false", "no", "n", "f"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false/1/0), got {v!r}")
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
