@@ -73,14 +73,16 @@ def _metrics(exp: Path, split: str, key: str) -> list[float]:
 def test_crctc_training_loss_falls(corpus, tmp_path):
     exp = tmp_path / "exp"
     args = _args(corpus, exp, "--num-epochs", "20", "--max-batches", "40", "--base-lr", "0.05",
-                 "--dev-shar", str(corpus / "dev"), "--valid-interval", "20", "--save-every-n", "20")
+                 "--dev-shar", str(corpus / "dev"), "--valid-interval", "20", "--save-every-n", "20",
+                 "--valid-every-epoch", "0")
     state = train(args, get_task("crctc"))
     assert state.batch_idx_train == 40
     losses = _metrics(exp, "train", "loss")
     assert len(losses) >= 10
     assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:2]), losses
     assert _metrics(exp, "train", "cr_loss"), "CR-CTC term was not logged"
-    assert len(_metrics(exp, "valid", "err_rate")) == 2
+    assert len(_metrics(exp, "valid", "err_rate")) == 2  # at batches 20 and 40
+    assert (exp / "best-valid.pt").is_file()
     assert (exp / "training_curves.png").stat().st_size > 1000
     assert (exp / "checkpoint-20.pt").is_file() and (exp / "checkpoint-40.pt").is_file()
     assert any((exp / "log").glob("log-train-0.txt"))
