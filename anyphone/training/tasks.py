@@ -148,8 +148,10 @@ class TransducerTask:
                        "pruned-loss weight rises from 0.1 to 1.0 (ZIPA's warm-up).")
         g.add_argument("--use-ctc", type=str2bool, default=False, help="Add a joint CTC head.")
         g.add_argument("--ctc-loss-scale", type=float, default=0.2)
-        g.add_argument("--rnnt-backend", type=str, default="auto", choices=["auto", "torch", "k2", "fast_rnnt"],
-                       help="Pruned RNN-T loss implementation: ours in PyTorch, or k2/fast_rnnt when importable.")
+        g.add_argument("--rnnt-backend", type=str, default="torch", choices=["auto", "torch", "k2", "fast_rnnt"],
+                       help="Pruned RNN-T loss: ours in PyTorch (default; it also takes the empty transcripts of "
+                       "noise-only cuts, which k2 and fast_rnnt reject), or 'auto' to prefer k2/fast_rnnt when "
+                       "importable.")
         g.add_argument("--enable-model-spec-aug", type=str2bool, default=True,
                        help="SpecAugment on the fbank inside the training step.")
 
@@ -160,7 +162,7 @@ class TransducerTask:
 
         cfg = config_from_args(args).replace(vocab_size=tokenizer.vocab_size)
         return TransducerModel(cfg, use_ctc=getattr(args, "use_ctc", False),
-                               rnnt_backend=getattr(args, "rnnt_backend", "auto"))
+                               rnnt_backend=getattr(args, "rnnt_backend", "torch"))
 
     def __init__(self) -> None:
         self._spec_aug = None
