@@ -40,29 +40,7 @@ _EXPORTS = {
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = [
-    "CtcHypothesis",
-    "ErrorStats",
-    "ScoreReport",
-    "TopkFrame",
-    "align_phones",
-    "apply_blank_scale",
-    "apply_prior",
-    "compute_per",
-    "compute_pfer",
-    "ctc_greedy_search",
-    "ctc_prefix_beam_search",
-    "ctc_sequence_log_prob",
-    "ctc_topk_frames",
-    "phone_feature_edit_distance",
-    "score_results",
-    "text_to_phones",
-    "utterance_stats",
-    "write_errs",
-    "write_language_table",
-    "write_recogs",
-    "write_summary",
-]
+__all__ = list(_WHERE)
 
 
 def __getattr__(name: str) -> Any:
