@@ -175,7 +175,7 @@ def swoosh_r(x: Tensor) -> Tensor:
     return _swoosh_fwd(x, "SwooshR").to(x.dtype)
 
 
-# The derivative of a swoosh lies in [-0.08, 0.92]; storing it in 8 bits with stochastic rounding
+# The derivative of a swoosh lies in [-0.08, 0.92]; on GPU storing it in 8 bits with stochastic rounding
 # (unbiased) costs 1 byte per element instead of keeping the input around for backprop.
 _DERIV_LO, _DERIV_HI = -0.08, 0.925
 
@@ -185,13 +185,20 @@ class _SwooshFunction(torch.autograd.Function):
     def forward(ctx, x: Tensor, kind: str) -> Tensor:
         y = _swoosh_fwd(x, kind)
         d = _swoosh_deriv(x, kind)
-        q = (d - _DERIV_LO) * (255.0 / (_DERIV_HI - _DERIV_LO)) + torch.rand_like(d)
-        ctx.save_for_backward(q.clamp_(0.0, 255.0).to(torch.uint8))
+        ctx.quantized = x.is_cuda
+        if ctx.quantized:
+            q = (d - _DERIV_LO) * (255.0 / (_DERIV_HI - _DERIV_LO)) + torch.rand_like(d)
+            ctx.save_for_backward(q.clamp_(0.0, 255.0).to(torch.uint8))
+        else:
+            # on CPU memory is plentiful and drawing the dither costs more than the activation itself
+            ctx.save_for_backward(d)
         return y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, y_grad: Tensor):
         (q,) = ctx.saved_tensors
+        if not ctx.quantized:
+            return (y_grad * q).to(y_grad.dtype), None
         d = q.to(y_grad.dtype) * ((_DERIV_HI - _DERIV_LO) / 255.0) + _DERIV_LO
         return y_grad * d, None
 

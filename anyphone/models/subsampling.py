@@ -32,6 +32,8 @@ class ConvNeXt(nn.Module):
     In training the residual branch is dropped for whole utterances with a scheduled rate.
     """
 
+    channels_last_on_cpu = True
+
     def __init__(
         self,
         channels: int,
@@ -65,6 +67,9 @@ class ConvNeXt(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (N, C, T, F) -> (N, C, T, F)."""
+        if self.channels_last_on_cpu and x.device.type == "cpu" and self.training and not is_exporting():
+            # oneDNN's depthwise 7x7 convolution trains ~2.5x faster in channels-last layout on CPU
+            x = x.contiguous(memory_format=torch.channels_last)
         y = self.depthwise_conv(x)
         y = self.pointwise_conv1(y)
         y = self.hidden_balancer(y)
