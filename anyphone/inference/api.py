@@ -273,6 +273,7 @@ def _derive_config(sd: Mapping[str, Any], heads: dict[str, int]) -> ZipformerCon
         cnn_module_kernel=tuple(shape(i, conv_w)[-1] for i in range(n)),
         causal=causal,
         feature_dim=80,
+        embed_channels=tuple(int(sd[f"encoder_embed.conv.{i}.weight"].shape[0]) for i in (0, 4, 7)),
         name="custom",
         **heads,
     )

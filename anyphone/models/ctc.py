@@ -28,6 +28,9 @@ def build_encoder(
     encoder_embed = Conv2dSubsampling(
         in_channels=cfg.feature_dim,
         out_channels=enc_dim[0],
+        layer1_channels=cfg.embed_channels[0],
+        layer2_channels=cfg.embed_channels[1],
+        layer3_channels=cfg.embed_channels[2],
         dropout=ScheduledFloat((0.0, 0.3), (20000.0, 0.1)),
     )
     encoder = Zipformer2(
