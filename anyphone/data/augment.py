@@ -29,6 +29,8 @@ import torch
 from lhotse import CutSet
 
 from anyphone.data.fbank import SAMPLE_RATE
+from anyphone.models.specaug import SpecAugment as _ModelSpecAugment
+from anyphone.models.specaug import SpecAugmentConfig
 
 log = logging.getLogger(__name__)
 
@@ -310,76 +312,17 @@ class SilenceAugment:
 # ----------------------------------------------------------------------------------------------
 
 
-class SpecAugment:
-    """SpecAugment on a padded fbank batch (N, T, F) with lengths (N,).
+class SpecAugment(_ModelSpecAugment):
+    """SpecAugment in the data pipeline: the model-side one CR-CTC uses (`anyphone.models.specaug`), with a
+    private seeded generator so that worker reseeding keeps batches reproducible.
 
-    Time warp (shift a random centre frame by up to ``time_warp`` frames, linear interpolation of
-    both sides), ``num_freq_masks`` masks of up to ``freq_mask_width`` bins, and time masks: up to
-    ``num_time_masks`` of up to ``time_mask_width`` frames, limited to ``max_time_mask_fraction``
-    of each item's length. Masks are filled with the item's mean (the features are log-mel, so 0
-    would be a loud value). Padding frames stay untouched.
+    masks: other SpecAugmentConfig fields (num_freq_masks, freq_mask_size, num_time_masks, time_mask_size,
+    max_time_mask_fraction). Call it as ``aug(feats (N, T, F), feat_lens (N,))``; padding stays untouched.
     """
 
-    def __init__(
-        self,
-        time_warp: int = 80,
-        num_freq_masks: int = 2,
-        freq_mask_width: int = 27,
-        num_time_masks: int = 10,
-        time_mask_width: int = 100,
-        max_time_mask_fraction: float = 0.15,
-        p: float = 0.9,
-        seed: int | None = None,
-    ) -> None:
-        self.time_warp = time_warp
-        self.num_freq_masks, self.freq_mask_width = num_freq_masks, freq_mask_width
-        self.num_time_masks, self.time_mask_width = num_time_masks, time_mask_width
-        self.max_time_mask_fraction = max_time_mask_fraction
-        self.p = p
-        self.rng = random.Random(seed)
-
-    def reseed(self, seed: int) -> None:
-        self.rng = random.Random(seed)
-
-    def _warp(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (T, F) valid frames only."""
-        t = x.size(0)
-        w = self.time_warp
-        if w < 1 or t <= 2 * w + 2:
-            return x
-        centre = self.rng.randint(w + 1, t - w - 1)
-        new_centre = self.rng.randint(centre - w, centre + w)
-        left = torch.nn.functional.interpolate(
-            x[None, None, :centre], size=(new_centre, x.size(1)), mode="bilinear", align_corners=False
-        )
-        right = torch.nn.functional.interpolate(
-            x[None, None, centre:], size=(t - new_centre, x.size(1)), mode="bilinear", align_corners=False
-        )
-        return torch.cat([left, right], dim=2)[0, 0]
+    def __init__(self, time_warp: int = 80, p: float = 0.9, seed: int | None = None, **masks) -> None:
+        super().__init__(SpecAugmentConfig(time_warp_factor=time_warp, p=p, **masks), seed=seed or 0)
 
     def __call__(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Tensor:
-        """feats: (N, T, F) float; feat_lens: (N,). Returns a new (N, T, F) tensor."""
-        out = feats.clone()
-        n_bins = feats.size(2)
-        for i in range(feats.size(0)):
-            if self.rng.random() >= self.p:
-                continue
-            t = int(feat_lens[i])
-            if t == 0:
-                continue
-            x = self._warp(out[i, :t])
-            fill = x.mean()
-            for _ in range(self.num_freq_masks):
-                width = self.rng.randint(0, min(self.freq_mask_width, n_bins))
-                start = self.rng.randint(0, n_bins - width)
-                x[:, start : start + width] = fill
-            budget = int(self.max_time_mask_fraction * t)
-            for _ in range(self.num_time_masks):
-                width = self.rng.randint(0, min(self.time_mask_width, budget))
-                if width == 0:
-                    continue
-                budget -= width
-                start = self.rng.randint(0, t - width)
-                x[start : start + width] = fill
-            out[i, :t] = x
-        return out
+        with torch.no_grad():
+            return self.forward(feats, feat_lens)

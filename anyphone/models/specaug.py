@@ -39,20 +39,23 @@ class SpecAugmentConfig:
         )
 
 
-def time_warp(x: torch.Tensor, x_lens: torch.Tensor, factor: int, p: float = 0.9) -> torch.Tensor:
+def time_warp(x: torch.Tensor, x_lens: torch.Tensor, factor: int, p: float = 0.9,
+              generator: torch.Generator | None = None) -> torch.Tensor:
     """Stretch the part before a random centre and squeeze the part after it (or the reverse).
 
     x: (N, T, F); x_lens: (N,). Returns a new tensor of the same shape; padding frames are left as they were.
+    generator: a CPU generator for the random draws (default: torch's global RNG).
     """
     if factor <= 0:
         return x
     out = x.clone()
     lens = x_lens.tolist()
+    g = generator
     for i, length in enumerate(lens):
-        if length <= 2 * factor + 2 or torch.rand(()) > p:
+        if length <= 2 * factor + 2 or torch.rand((), generator=g) > p:
             continue  # too short to warp meaningfully
-        centre = int(torch.randint(factor, length - factor, ()))
-        new_centre = centre + int(torch.randint(-factor + 1, factor, ()))
+        centre = int(torch.randint(factor, length - factor, (), generator=g))
+        new_centre = centre + int(torch.randint(-factor + 1, factor, (), generator=g))
         seg = x[i, :length].t().unsqueeze(0)  # (1, F, length) for 1-D interpolation along time
         left = F.interpolate(seg[:, :, :centre], size=new_centre, mode="linear", align_corners=False)
         right = F.interpolate(seg[:, :, centre:], size=length - new_centre, mode="linear", align_corners=False)
@@ -60,53 +63,74 @@ def time_warp(x: torch.Tensor, x_lens: torch.Tensor, factor: int, p: float = 0.9
     return out
 
 
-def _band_mask(n: int, size_axis: int, num_masks: int, max_width: torch.Tensor, device) -> torch.Tensor:
+def _rand(shape: tuple[int, ...], device, generator: torch.Generator | None) -> torch.Tensor:
+    """Uniform [0, 1) draws on `device`; a given (CPU) generator draws on the CPU first."""
+    if generator is None:
+        return torch.rand(shape, device=device)
+    return torch.rand(shape, generator=generator).to(device)
+
+
+def _band_mask(n: int, size_axis: int, num_masks: int, max_width: torch.Tensor, device,
+               generator: torch.Generator | None = None) -> torch.Tensor:
     """Boolean (n, size_axis) mask that is True inside `num_masks` random bands per row.
 
     max_width: (n,) widest band per row. Vectorised: draws all bands at once.
     """
     if num_masks <= 0:
         return torch.zeros(n, size_axis, dtype=torch.bool, device=device)
-    width = (torch.rand(n, num_masks, device=device) * (max_width.unsqueeze(1).float() + 1)).long()
+    width = (_rand((n, num_masks), device, generator) * (max_width.unsqueeze(1).float() + 1)).long()
     room = (size_axis - width).clamp(min=1)
-    start = (torch.rand(n, num_masks, device=device) * room.float()).long()
+    start = (_rand((n, num_masks), device, generator) * room.float()).long()
     pos = torch.arange(size_axis, device=device).view(1, 1, -1)
     inside = (pos >= start.unsqueeze(-1)) & (pos < (start + width).unsqueeze(-1))
     return inside.any(dim=1)
 
 
-def mask_features(x: torch.Tensor, x_lens: torch.Tensor, cfg: SpecAugmentConfig) -> torch.Tensor:
-    """Independent frequency and time masks for every utterance (masked values set to 0, the fbank mean-ish).
+def mask_features(x: torch.Tensor, x_lens: torch.Tensor, cfg: SpecAugmentConfig,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Independent frequency and time masks for every utterance; masked values become the utterance's mean
+    (as lhotse's SpecAugment does: a zero would be a loud value in log-mel fbank, around +1.5 std here).
 
     x: (N, T, F) -> (N, T, F).
     """
     n, t, f = x.shape
     device = x.device
-    apply = torch.rand(n, device=device) < cfg.p
+    apply = _rand((n,), device, generator) < cfg.p
     freq_width = torch.full((n,), cfg.freq_mask_size, device=device)
-    freq = _band_mask(n, f, cfg.num_freq_masks, freq_width, device)  # (N, F)
+    freq = _band_mask(n, f, cfg.num_freq_masks, freq_width, device, generator)  # (N, F)
     # The time-mask width is bounded per utterance so short utterances are not wiped out.
     per_mask_cap = (x_lens.to(device).float() * cfg.max_time_mask_fraction / max(cfg.num_time_masks, 1)).long()
     time_width = per_mask_cap.clamp(max=cfg.time_mask_size)
-    tmask = _band_mask(n, t, cfg.num_time_masks, time_width, device)  # (N, T)
-    mask = (freq.unsqueeze(1) | tmask.unsqueeze(2)) & apply.view(n, 1, 1)
-    return x.masked_fill(mask, 0.0)
+    tmask = _band_mask(n, t, cfg.num_time_masks, time_width, device, generator)  # (N, T)
+    valid = torch.arange(t, device=device).unsqueeze(0) < x_lens.to(device).unsqueeze(1)  # (N, T)
+    mask = (freq.unsqueeze(1) | tmask.unsqueeze(2)) & apply.view(n, 1, 1) & valid.unsqueeze(2)
+    valid = valid.to(x.dtype)
+    mean = (x * valid.unsqueeze(2)).sum(dim=(1, 2)) / (valid.sum(dim=1) * f).clamp(min=1)
+    return torch.where(mask, mean.view(n, 1, 1).to(x.dtype), x)
 
 
 class SpecAugment(torch.nn.Module):
-    """Time warp plus masks; `forward(x, x_lens)` -> augmented x, (N, T, F)."""
+    """Time warp plus masks; `forward(x, x_lens)` -> augmented x, (N, T, F).
 
-    def __init__(self, cfg: SpecAugmentConfig | None = None) -> None:
+    seed: draw from a private generator (the data pipeline's workers reseed it) instead of torch's global RNG
+    (the training step's, which the checkpoints save and restore).
+    """
+
+    def __init__(self, cfg: SpecAugmentConfig | None = None, seed: int | None = None) -> None:
         super().__init__()
         self.cfg = cfg or SpecAugmentConfig()
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+
+    def reseed(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
 
     def forward(self, x: torch.Tensor, x_lens: torch.Tensor) -> torch.Tensor:
-        x = time_warp(x, x_lens, self.cfg.time_warp_factor, self.cfg.p)
-        return mask_features(x, x_lens, self.cfg)
+        x = time_warp(x, x_lens, self.cfg.time_warp_factor, self.cfg.p, self.generator)
+        return mask_features(x, x_lens, self.cfg, self.generator)
 
     def two_views(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CR-CTC's pair: one shared warp, then independent masks. Returns (2N, T, F) and lengths (2N,)."""
-        x = time_warp(x, x_lens, self.cfg.time_warp_factor, self.cfg.p)
+        x = time_warp(x, x_lens, self.cfg.time_warp_factor, self.cfg.p, self.generator)
         both = x.repeat(2, 1, 1)
         both_lens = x_lens.repeat(2)
-        return mask_features(both, both_lens, self.cfg), both_lens
+        return mask_features(both, both_lens, self.cfg, self.generator), both_lens
