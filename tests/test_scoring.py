@@ -124,9 +124,15 @@ def _section(lines: list[str], header: str) -> list[str]:
 
 def test_write_errs(tmp_path):
     path = tmp_path / "errs-test.txt"
-    per, stats = write_errs(path, "test", RESULTS)
-    assert per == pytest.approx(30.0)
+    report = write_errs(path, "test", RESULTS)
+    stats = report.overall
+    assert stats.per == pytest.approx(30.0)
     assert isinstance(stats, ErrorStats)
+    # the same numbers as score_results, overall and per language
+    again = score_results(RESULTS)
+    assert stats.per == again.overall.per and stats.pfer == pytest.approx(again.overall.pfer)
+    assert {k: (v.per, pytest.approx(v.pfer)) for k, v in report.per_language.items()} == {
+        k: (v.per, v.pfer) for k, v in again.per_language.items()}
     assert (stats.ins, stats.dels, stats.subs, stats.ref_phones) == (1, 1, 4, 20)
     lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[0] == "%PER = 30.00"

@@ -147,8 +147,7 @@ def decode_main(args: argparse.Namespace, task) -> dict[str, dict[str, float]]:
     for name, dl in datamodule.test_dataloaders(tokenizer).items():
         results = decode_dataset(dl, model, task, args, tokenizer, device)
         scoring.write_recogs(res_dir / f"recogs-{name}-{suffix}.txt", results)
-        scoring.write_errs(res_dir / f"errs-{name}-{suffix}.txt", name, results, pfer=args.pfer)
-        report = scoring.score_results(results, pfer=args.pfer)
+        report = scoring.write_errs(res_dir / f"errs-{name}-{suffix}.txt", name, results, pfer=args.pfer)
         scoring.write_language_table(res_dir / f"per-language-{name}-{suffix}.txt", report)
         summary[name] = {"PER": report.overall.per, **({"PFER": report.overall.pfer} if args.pfer else {})}
         log.info("%s: PER %.2f%%%s over %d cuts", name, report.overall.per,

@@ -357,8 +357,9 @@ def write_errs(
     *,
     pfer: bool = True,
     combine_successive_errors: bool = False,
-) -> tuple[float, ErrorStats]:
-    """Write an icefall-style ``errs-*.txt`` file and return ``(PER in percent, overall stats)``.
+) -> ScoreReport:
+    """Write an icefall-style ``errs-*.txt`` file and return its statistics, overall and per language
+    (what :func:`score_results` computes, without aligning every utterance a second time).
 
     Layout: ``%PER = x.xx``; an ``Errors: I insertions, D deletions, S substitutions, over N reference
     phones (C correct)`` line; ``%PFER = x.xx`` (if ``pfer``); ``PER-UTT DETAILS`` (one line per cut,
@@ -444,7 +445,7 @@ def write_errs(
         for lang, st in sorted(by_lang.items()):
             print(f"{lang or '-'}   {st.num_utts} {st.ref_phones} {st.ins} {st.dels} {st.subs} "
                   f"{st.per:.2f} {st.pfer:.2f}", file=f)
-    return overall.per, overall
+    return ScoreReport(overall, dict(sorted(by_lang.items())))
 
 
 def write_summary(path: str | Path, table: Mapping[str, Mapping[str, float]], *, key_name: str = "test_set") -> None:
