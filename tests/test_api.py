@@ -6,10 +6,8 @@ so outputs are arbitrary phones; the tests check formats, option effects, chunki
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import os
 import re
 import subprocess
 import sys
@@ -19,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from hub_cache import make_hub_repo
 
 from anyphone.inference import api
 from anyphone.inference.api import PhoneRecognizer, config_from_state_dict, load_model, read_prior
@@ -405,25 +404,11 @@ def test_exp_dir_with_iter_and_avg(model_dir, tmp_path, wave, rec):
         load_model(model_dir, iter=10)
 
 
-def _hub_blob(repo_dir: Path, rel: str, data: bytes, commit: str) -> None:
-    digest = hashlib.sha256(data).hexdigest()
-    blob = repo_dir / "blobs" / digest
-    blob.parent.mkdir(parents=True, exist_ok=True)
-    blob.write_bytes(data)
-    link = repo_dir / "snapshots" / commit / rel
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(os.path.relpath(blob, link.parent))
-
-
 def make_hub_cache(cache: Path, model_dir: Path, repo_id: str = "anyspeech/zipa-small-crctc-500k",
                    ckpt: str = "zipa_small_crctc_500000_avg10.pth") -> None:
     """The tiny model stored the way huggingface_hub caches a published one."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
-    _hub_blob(repo_dir, ckpt, model_dir.read_bytes(), commit)
-    _hub_blob(repo_dir, "tokens.txt", (model_dir.parent / "tokens.txt").read_bytes(), commit)
-    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
-    (repo_dir / "refs" / "main").write_text(commit)
+    make_hub_repo(cache, repo_id, {ckpt: model_dir.read_bytes(),
+                                   "tokens.txt": (model_dir.parent / "tokens.txt").read_bytes()})
 
 
 def test_published_name_from_offline_cache(model_dir, tmp_path, monkeypatch, wave, rec):

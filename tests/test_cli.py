@@ -6,7 +6,6 @@ the rest call ``main()`` in-process, which is much faster. The model is ZIPA's t
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from hub_cache import make_hub_repo
 
 from anyphone.cli import main
 
@@ -221,16 +221,6 @@ def test_exp_dir_flags(model, audio_dir, tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------- models
 
 
-def _hub_blob(repo_dir: Path, rel: str, data: bytes, commit: str) -> None:
-    digest = hashlib.sha256(data).hexdigest()
-    blob = repo_dir / "blobs" / digest
-    blob.parent.mkdir(parents=True, exist_ok=True)
-    blob.write_bytes(data)
-    link = repo_dir / "snapshots" / commit / rel
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(os.path.relpath(blob, link.parent))
-
-
 def test_models_commands_offline(model, audio_dir, tmp_path, monkeypatch, capsys):
     cache = tmp_path / "hf" / "hub"
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -241,12 +231,9 @@ def test_models_commands_offline(model, audio_dir, tmp_path, monkeypatch, capsys
     assert len(rows) == 13 and all(ln.split()[4] == "-" for ln in rows[1:])
     assert main(["download", "zipa-cr-small-500k"]) == 1
     assert "HF_HUB_OFFLINE" in capsys.readouterr().err
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / "models--anyspeech--zipa-small-crctc-500k"
-    _hub_blob(repo, "zipa_small_crctc_500000_avg10.pth", model.read_bytes(), commit)
-    _hub_blob(repo, "tokens.txt", (model.parent / "tokens.txt").read_bytes(), commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
+    repo = make_hub_repo(cache, "anyspeech/zipa-small-crctc-500k",
+                         {"zipa_small_crctc_500000_avg10.pth": model.read_bytes(),
+                          "tokens.txt": (model.parent / "tokens.txt").read_bytes()})
     assert main(["download", "zipa-cr-small-500k"]) == 0  # already cached: no network needed
     assert "zipa_small_crctc_500000_avg10.pth" in capsys.readouterr().out
     # the default model now comes from the cache

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import io
 import os
 import pickle
 import subprocess
@@ -13,10 +13,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hub_cache import COMMIT, add_hub_blob, make_hub_repo
 
 from anyphone.inference import hub
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TOKENS = "<blk> 0\n<sos/eos> 1\n<unk> 2\n▁ 3\na 4\nb 5\n"
 
 
@@ -29,33 +29,14 @@ def _tiny_state_dict() -> dict[str, torch.Tensor]:
     }
 
 
-def _add_blob(repo_dir: Path, rel: str, data: bytes, commit: str = COMMIT) -> Path:
-    """Store ``data`` the way huggingface_hub does: blobs/<sha256> + snapshots/<commit>/<rel> symlink."""
-    digest = hashlib.sha256(data).hexdigest()
-    blob = repo_dir / "blobs" / digest
-    blob.parent.mkdir(parents=True, exist_ok=True)
-    blob.write_bytes(data)
-    link = repo_dir / "snapshots" / commit / rel
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(os.path.relpath(blob, link.parent))
-    return link
-
-
 def make_cached_model(cache: Path, repo_id: str, ckpt_name: str, wrap: bool = False,
                       extra: tuple[str, ...] = ()) -> Path:
     """A tiny model in hub cache layout: models--org--name/{blobs,refs/main,snapshots/<sha>/...}."""
-    repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
+    buf = io.BytesIO()
     sd = _tiny_state_dict()
-    buf_path = cache / "tmp.pth"
-    torch.save({"model": sd} if wrap else sd, buf_path)
-    _add_blob(repo_dir, ckpt_name, buf_path.read_bytes())
-    buf_path.unlink()
-    _add_blob(repo_dir, "tokens.txt", TOKENS.encode())
-    for name in extra:
-        _add_blob(repo_dir, name, b"x" * 10)
-    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
-    (repo_dir / "refs" / "main").write_text(COMMIT)
-    return repo_dir
+    torch.save({"model": sd} if wrap else sd, buf)
+    files = {ckpt_name: buf.getvalue(), "tokens.txt": TOKENS.encode(), **{name: b"x" * 10 for name in extra}}
+    return make_hub_repo(cache, repo_id, files)
 
 
 @pytest.fixture
@@ -271,7 +252,7 @@ def test_download_model_with_fake_hub(tmp_path, monkeypatch):
             data = buf.read_bytes()
         else:
             data = TOKENS.encode() if filename.endswith("tokens.txt") else b"onnx"
-        return str(_add_blob(repo_dir, filename, data, commit=revision))
+        return str(add_hub_blob(repo_dir, filename, data, commit=revision))
 
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", fake_info)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
