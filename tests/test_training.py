@@ -229,3 +229,32 @@ def test_crctc_decode_averages_and_names_a_missing_checkpoint(corpus, tmp_path):
     assert summary["dev"]["PER"] >= 0
     with pytest.raises(SystemExit, match="checkpoint-5.pt"):
         decode_main_cli("crctc", [*common, "--iter", "5", "--avg", "1"])
+
+
+def test_cr_ctc_starts_at_cr_start_batch():
+    """Before --cr-start-batch the step is plain CTC on the unmasked batch; from it on, two masked views and the
+    CR term, ramped in from zero over --cr-warmup-batches."""
+    from anyphone.models.ctc import CtcModel
+    from anyphone.models.presets import get_preset
+
+    task = get_task("crctc")
+    parser = get_train_parser("crctc")
+    args = parser.parse_args(["--cr-start-batch", "10", "--cr-warmup-batches", "4", "--time-mask-ratio", "1"])
+    torch.manual_seed(0)
+    model = CtcModel(get_preset("fixture_tiny"))
+    seen = []
+    model.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    batch = {"features": torch.randn(2, 150, 80), "feature_lens": torch.tensor([150, 120]),
+             "token_ids": [[5, 6, 7], [8, 9]]}
+    _, before = task.compute_loss(model, batch, args, 9, True)
+    _, at_start = task.compute_loss(model, batch, args, 10, True)
+    assert "cr_loss" not in before and "cr_loss" in at_start
+    assert [x.shape[0] for x in seen] == [2, 4]
+    assert torch.equal(seen[0], batch["features"])  # the warm-up batch goes in unmasked
+    assert not torch.equal(seen[1][:2], batch["features"])
+    # the CR weight ramps from 0 at the start batch, so the total loss is just the CTC term there
+    args.ctc_loss_scale = 0.0
+    loss_at_start, _ = task.compute_loss(model, batch, args, 10, True)
+    loss_later, info_later = task.compute_loss(model, batch, args, 14, True)
+    assert float(loss_at_start) == 0.0
+    assert float(loss_later) == pytest.approx(0.15 * info_later["cr_loss"], rel=1e-5)

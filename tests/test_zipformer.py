@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 
 import pytest
 import torch
@@ -45,10 +46,18 @@ def test_swoosh_values_and_grads():
     # huge inputs: exp overflows, k2 falls back to x - shift
     big = torch.tensor([1e4])
     assert torch.isfinite(swoosh_l(big)).all()
-    # training path stores an 8-bit derivative: gradient within one quantisation step
+    # on CPU the training path keeps the exact derivative (the 8-bit dithered one is for GPU memory)
     xg = torch.linspace(-8, 8, 101, requires_grad=True)
     swoosh_l(xg).sum().backward()
     expected = torch.sigmoid(xg.detach() - 4.0) - 0.08
+    torch.testing.assert_close(xg.grad, expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the 8-bit derivative path runs on CUDA only")
+def test_swoosh_quantised_derivative_on_gpu():
+    xg = torch.linspace(-8, 8, 101, device="cuda", requires_grad=True)
+    swoosh_r(xg).sum().backward()
+    expected = torch.sigmoid(xg.detach() - 1.0) - 0.08
     assert (xg.grad - expected).abs().max() < 1.01 / 255
 
 
@@ -267,6 +276,31 @@ def test_presets_and_flags():
         get_preset("small").replace(num_heads="4,4")
     with pytest.raises(ValueError, match="unknown model size"):
         get_preset("huge")
+    # the front end's width: ZIPA's by default, narrower for tiny, settable by flag
+    assert get_preset("small").embed_channels == (8, 32, 128) and tiny.embed_channels == (8, 32, 64)
+    narrow = config_from_args(parser.parse_args(["--model-size", "small", "--embed-channels", "4,16,48"]))
+    assert CtcModel(narrow).encoder_embed.convnext.depthwise_conv.weight.shape[0] == 48
+    with pytest.raises(ValueError, match="embed_channels"):
+        get_preset("small").replace(embed_channels="8,32")
+
+
+def test_channels_last_front_end_trains_like_the_default_layout(monkeypatch):
+    """On CPU the ConvNeXt trains in channels-last layout (faster oneDNN kernels): same outputs and gradients."""
+    from anyphone.models.subsampling import ConvNeXt
+
+    x = torch.randn(2, 9, 64, 19)
+    results = []
+    for channels_last in (False, True):
+        monkeypatch.setattr(ConvNeXt, "channels_last_on_cpu", channels_last)
+        torch.manual_seed(0)
+        random.seed(0)  # Balancer and Whiten draw from Python's RNG whether to act
+        block = ConvNeXt(9, layerdrop_rate=0.0).train()
+        xg = x.clone().requires_grad_()
+        y = block(xg)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        results.append((y.detach(), xg.grad, block.depthwise_conv.weight.grad, block.pointwise_conv1.weight.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_export_code_paths_match_eager(monkeypatch):
