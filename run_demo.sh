@@ -13,9 +13,11 @@ cd "$(dirname "$0")"
 nj=2
 recipe=zipformer_crctc
 exp_dir=""
-train_minutes=18
+train_minutes=20
 max_duration=60
 base_lr=0.045
+cr_start_batch=900
+lr_epochs=4
 save_every_n=150
 avg=1
 hours=3
@@ -31,7 +33,7 @@ start=$(date +%s)
 ./prepare.sh --stage 0 --stop-stage 1 --nj "$nj" --hours "$hours" --languages "$languages" --python "$python"
 
 case "$recipe" in
-  zipformer_crctc) method=ctc-greedy-search; task_flags=(--time-mask-ratio 1.0) ;;
+  zipformer_crctc) method=ctc-prefix-beam-search; task_flags=(--time-mask-ratio 1.0 --cr-start-batch "$cr_start_batch") ;;
   zipformer_transducer) method=greedy_search; task_flags=(--warm-step 300) ;;
   *) echo "run_demo.sh: --recipe must be zipformer_crctc or zipformer_transducer, got $recipe" >&2; exit 1 ;;
 esac
@@ -39,16 +41,18 @@ esac
 log "Training $recipe (tiny) for $train_minutes minutes -> $exp_dir"
 # Short-run schedule: Eden decays over ~1000 batches instead of icefall's 7500, and the Zipformer's own
 # regularisation schedules (dropout, layer skipping) count batches of --ref-duration 1 s, so they relax within
-# the run as they would over a long one. Lighter CR-CTC time masks (--time-mask-ratio 1; the transducer's
-# simple/pruned warm-up over 300 batches) and no speed
-# perturbation (eSpeak already varies the speaking rate) let a 3.5M model leave CTC's all-blank phase in minutes
-# on 2 cores; noise, added silence and noise-only cuts stay on.
+# the run as they would over a long one. bfloat16 autocast (~35% faster on CPUs with AVX512-BF16, harmless
+# elsewhere). CR-CTC starts at batch --cr-start-batch: before it, plain CTC on unmasked features leaves the
+# all-blank phase about twice as early, and the second view (half the throughput) is spent where it teaches
+# something. Lighter CR-CTC time masks (--time-mask-ratio 1; the transducer's simple/pruned warm-up over 300
+# batches) and no speed perturbation (eSpeak already varies the speaking rate); noise, added silence and
+# noise-only cuts stay on.
 $python "$recipe/train.py" \
   --model-size tiny --exp-dir "$exp_dir" \
   --train-shar data/shar/embedded/train --dev-shar data/shar/embedded/dev \
-  --max-duration "$max_duration" --num-workers 1 --num-threads "$nj" \
+  --max-duration "$max_duration" --num-workers 1 --num-threads "$nj" --use-bf16 1 \
   --num-epochs 1000 --max-minutes "$train_minutes" \
-  --base-lr "$base_lr" --lr-batches 1000 --lr-epochs 2 --warmup-batches 100 --ref-duration 1 \
+  --base-lr "$base_lr" --lr-batches 1000 --lr-epochs "$lr_epochs" --warmup-batches 100 --ref-duration 1 \
   --speed-perturb 0 "${task_flags[@]}" \
   --save-every-n "$save_every_n" --keep-last-k $((avg + 2)) --average-period 10 \
   --valid-interval 100000 --log-interval 50

@@ -42,6 +42,7 @@ FIXTURE_FLAGS = [
     "--encoder-dim", "48,64,64,96,64,48", "--query-head-dim", "8", "--value-head-dim", "4",
     "--pos-head-dim", "2", "--pos-dim", "16", "--encoder-unmasked-dim", "32,48,48,64,48,32",
     "--cnn-module-kernel", "31,31,15,15,15,31", "--decoder-dim", "64", "--joiner-dim", "64",
+    "--embed-channels", "8,32,128",
 ]
 
 

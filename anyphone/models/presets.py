@@ -3,7 +3,7 @@ icefall-compatible command-line flags.
 
 Presets:
   * ``small`` / ``large``: exactly ZIPA's ``small_params`` / ``large_params`` (64M / 300M CR-CTC).
-  * ``tiny``: a ~3.5M-parameter model that trains on a laptop CPU.
+  * ``tiny``: a ~3.3M-parameter model that trains on a laptop CPU.
   * ``fixture_tiny``: the configuration of the ZIPA reference fixtures (tests only).
 
 Per-stack values are tuples of ints; in dicts and on the command line they are comma-separated
@@ -153,7 +153,7 @@ PRESETS: dict[str, ZipformerConfig] = {
         joiner_dim=1024,
         name="large",
     ),
-    # ~3.5M parameters: one layer per stack, narrow; trains in minutes on 2 CPU cores.
+    # ~3.3M parameters: one layer per stack, narrow; trains in minutes on 2 CPU cores.
     "tiny": ZipformerConfig(
         num_encoder_layers=(1, 1, 1, 1, 1, 1),
         downsampling_factor=(1, 2, 4, 8, 4, 2),
