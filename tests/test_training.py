@@ -258,3 +258,12 @@ def test_cr_ctc_starts_at_cr_start_batch():
     loss_later, info_later = task.compute_loss(model, batch, args, 14, True)
     assert float(loss_at_start) == 0.0
     assert float(loss_later) == pytest.approx(0.15 * info_later["cr_loss"], rel=1e-5)
+
+
+def test_resume_with_a_different_model_names_the_checkpoint(corpus, tmp_path):
+    exp = tmp_path / "exp"
+    train(_args(corpus, exp, "--max-batches", "2", "--save-every-n", "2"), get_task("crctc"))
+    wider = _args(corpus, exp, "--max-batches", "4", "--embed-channels", "8,32,32")
+    with pytest.raises(SystemExit, match=r"checkpoint-2\.pt: this checkpoint does not fit the model") as e:
+        train(wider, get_task("crctc"))
+    assert "\n" not in str(e.value)
