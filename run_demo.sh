@@ -34,7 +34,7 @@ start=$(date +%s)
 
 case "$recipe" in
   zipformer_crctc) method=ctc-prefix-beam-search; task_flags=(--time-mask-ratio 1.0 --cr-start-batch "$cr_start_batch") ;;
-  zipformer_transducer) method=greedy_search; task_flags=(--warm-step 300) ;;
+  zipformer_transducer) method=greedy_search; task_flags=(--warm-step 300 --enable-model-spec-aug 0) ;;
   *) echo "run_demo.sh: --recipe must be zipformer_crctc or zipformer_transducer, got $recipe" >&2; exit 1 ;;
 esac
 
