@@ -386,6 +386,27 @@ def _convert(
     return report
 
 
+def kaldi_dir_files(data_dir: str | Path) -> tuple[Path, Path, Path | None]:
+    """(audio list, transcripts, language list or None) of a Kaldi/Allosaurus-style directory.
+
+    Raises FileNotFoundError, naming the directory, when it does not exist, is empty, or lacks the audio list
+    (``wave`` or ``wav.scp``) or the transcripts (``text``).
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"corpus directory {data_dir} does not exist")
+    if not any(data_dir.iterdir()):
+        raise FileNotFoundError(f"corpus directory {data_dir} is empty: expected 'wave' (or 'wav.scp') and 'text'")
+    wave_file = next((data_dir / n for n in ("wave", "wav.scp") if (data_dir / n).is_file()), None)
+    if wave_file is None:
+        raise FileNotFoundError(f"corpus directory {data_dir} has no 'wave' or 'wav.scp' file (lines: utt_id path)")
+    text_file = data_dir / "text"
+    if not text_file.is_file():
+        raise FileNotFoundError(f"corpus directory {data_dir} has no 'text' file (lines: utt_id phones)")
+    lang_file = next((data_dir / n for n in ("lang", "utt2lang") if (data_dir / n).is_file()), None)
+    return wave_file, text_file, lang_file
+
+
 def kaldi_dir_to_shar(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -407,25 +428,12 @@ def kaldi_dir_to_shar(
     list or the transcripts.
     """
     data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"corpus directory {data_dir} does not exist")
-    if not any(data_dir.iterdir()):
-        raise FileNotFoundError(f"corpus directory {data_dir} is empty: expected 'wave' (or 'wav.scp') and 'text'")
-    wave_file = next((data_dir / n for n in ("wave", "wav.scp") if (data_dir / n).is_file()), None)
-    if wave_file is None:
-        raise FileNotFoundError(f"corpus directory {data_dir} has no 'wave' or 'wav.scp' file")
-    text_file = data_dir / "text"
-    if not text_file.is_file():
-        raise FileNotFoundError(f"corpus directory {data_dir} has no 'text' file")
+    wave_file, text_file, lang_file = kaldi_dir_files(data_dir)
     waves = _read_table(wave_file)
     texts = _read_table(text_file)
     if not waves and not texts:
         raise FileNotFoundError(f"corpus directory {data_dir}: {wave_file.name} and text are empty")
-    langs: dict[str, str] = {}
-    for n in ("lang", "utt2lang"):
-        if (data_dir / n).is_file():
-            langs = _read_table(data_dir / n)
-            break
+    langs = _read_table(lang_file) if lang_file else {}
 
     report = CorpusReport(out_dir=str(out_dir))
 

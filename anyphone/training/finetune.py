@@ -101,16 +101,12 @@ def _read_table(path: Path) -> dict[str, str]:
 
 def _kaldi_files(data_dir: Path) -> tuple[Path, Path, Path | None]:
     """(audio list, text, language list or None) of a Kaldi-style directory; FinetuneError when incomplete."""
-    if not data_dir.is_dir():
-        raise FinetuneError(f"data directory {data_dir} does not exist")
-    wave = next((data_dir / n for n in ("wave", "wav.scp") if (data_dir / n).is_file()), None)
-    if wave is None:
-        raise FinetuneError(f"data directory {data_dir} has no 'wave' or 'wav.scp' file (lines: utt_id path)")
-    text = data_dir / "text"
-    if not text.is_file():
-        raise FinetuneError(f"data directory {data_dir} has no 'text' file (lines: utt_id phones)")
-    lang = next((data_dir / n for n in ("utt2lang", "lang") if (data_dir / n).is_file()), None)
-    return wave, text, lang
+    from anyphone.data.shar import kaldi_dir_files
+
+    try:
+        return kaldi_dir_files(data_dir)
+    except FileNotFoundError as e:
+        raise FinetuneError(str(e)) from None
 
 
 def _dev_rank(utt_id: str) -> str:
