@@ -305,3 +305,17 @@ def test_params_clash_and_non_plain_state(tmp_path):
     with pytest.raises(TypeError, match="sampler"):
         ck.save_checkpoint(tmp_path / "b.pt", _model(0), sampler={"thing": Odd()})
     assert not (tmp_path / "b.pt").exists()
+
+
+def test_weights_of_another_shape_are_refused_in_one_line(tmp_path):
+    from torch import nn
+
+    from anyphone.training.checkpoint import CheckpointMismatchError, load_model_weights
+
+    src = nn.Linear(4, 3).state_dict()
+    with pytest.raises(CheckpointMismatchError, match=r"^w\.pt: .*weight has shape \(3, 4\), expected \(5, 4\)") as e:
+        load_model_weights(nn.Linear(4, 5), src, "w.pt")
+    assert "\n" not in str(e.value)
+    model = nn.Linear(4, 3)
+    load_model_weights(model, {"module." + k: v for k, v in src.items()}, "w.pt")  # DDP prefix stripped
+    assert torch.equal(model.weight, src["weight"])

@@ -56,6 +56,15 @@ def checkpoint_suffix(args: argparse.Namespace) -> str:
 
 def load_decoding_weights(args: argparse.Namespace, model: nn.Module) -> str:
     """Load the weights that --iter/--epoch/--avg/--use-averaged-model/--checkpoint name; returns a label."""
+    from anyphone.training.checkpoint import CheckpointMismatchError
+
+    try:
+        return _load_decoding_weights(args, model)
+    except CheckpointMismatchError as e:
+        raise SystemExit(f"{e}; pass the model flags it was trained with (--model-size, ...)") from None
+
+
+def _load_decoding_weights(args: argparse.Namespace, model: nn.Module) -> str:
     from anyphone.training import checkpoint as ckpt
 
     if args.checkpoint is not None:
@@ -64,7 +73,7 @@ def load_decoding_weights(args: argparse.Namespace, model: nn.Module) -> str:
         sd = load_state_dict(args.checkpoint)
         if isinstance(sd.get("model"), dict):
             sd = sd["model"]
-        model.load_state_dict(sd, strict=True)
+        ckpt.load_model_weights(model, sd, args.checkpoint)
         return str(args.checkpoint)
     exp = Path(args.exp_dir)
     if args.iter > 0:
@@ -98,7 +107,7 @@ def load_decoding_weights(args: argparse.Namespace, model: nn.Module) -> str:
                 if not p.is_file():
                     raise SystemExit(f"--epoch {args.epoch} --avg {args.avg} needs {p}, which does not exist")
             sd = ckpt.average_checkpoints(paths)
-    model.load_state_dict(sd, strict=True)
+    ckpt.load_model_weights(model, sd, exp / checkpoint_suffix(args))
     return checkpoint_suffix(args)
 
 

@@ -50,6 +50,7 @@ from anyphone.inference.audio import DEFAULT_SILENCE_THRESHOLD, AudioError, iter
 from anyphone.models.presets import PRESETS, ZipformerConfig
 from anyphone.text.ipa import segment_phones
 from anyphone.text.tokenizer import IpaTokenizer
+from anyphone.utils import state_dict_mismatch
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -185,15 +186,7 @@ def _shapes_match(family: str, cfg: ZipformerConfig, sd: Mapping[str, Any], use_
             model = _build(family, cfg, use_ctc)
     except (ValueError, AssertionError, RuntimeError) as e:
         return f"cannot build ({e})"
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in sd.items()}
-    if set(want) != set(have):
-        diff = sorted(set(want) ^ set(have))
-        return f"{len(diff)} keys differ, e.g. {diff[0]}"
-    for k, shape in want.items():
-        if have[k] != shape:
-            return f"{k} has shape {have[k]}, expected {shape}"
-    return None
+    return state_dict_mismatch(model.state_dict(), sd)
 
 
 _LAYER_RE = re.compile(r"^encoder\.encoders\.(\d+)\.(?:encoder\.)?layers\.(\d+)\.")

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from anyphone.utils import state_dict_mismatch
+
 __all__ = [
     "average_checkpoints",
     "average_checkpoints_with_averaged_model",
@@ -263,6 +265,24 @@ def _load_file(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     return ckpt
 
 
+class CheckpointMismatchError(ValueError):
+    """Weights whose keys or shapes do not fit the model they are loaded into."""
+
+
+def load_model_weights(model: nn.Module, state_dict: Mapping[str, Any], source: str | Path,
+                       strict: bool = True) -> None:
+    """``model.load_state_dict`` (``model`` may be DDP-wrapped) that, when ``strict``, refuses weights of another
+    shape with one line naming ``source`` and the first difference (CheckpointMismatchError) instead of torch's
+    page of them."""
+    state_dict = _strip_wrapper_prefixes(state_dict)
+    model = unwrap_model(model)
+    if strict:
+        why = state_dict_mismatch(model.state_dict(), state_dict)
+        if why:
+            raise CheckpointMismatchError(f"{source}: this checkpoint does not fit the model ({why})")
+    model.load_state_dict(state_dict, strict=strict)
+
+
 def load_checkpoint(
     path: str | Path,
     model: nn.Module | None = None,
@@ -284,16 +304,14 @@ def load_checkpoint(
     if model is not None:
         if "model" not in ckpt:
             raise KeyError(f"checkpoint {path} has no 'model' entry; keys: {sorted(ckpt)}")
-        unwrap_model(model).load_state_dict(_strip_wrapper_prefixes(ckpt.pop("model")), strict=strict)
+        load_model_weights(model, ckpt.pop("model"), path, strict)
     else:
         ckpt.pop("model", None)
     if model_avg is not None:
         if ckpt.get("model_avg") is None:
             logger.warning(f"checkpoint {path} has no 'model_avg'; the averaged model is left as it is")
         else:
-            unwrap_model(model_avg).load_state_dict(
-                _strip_wrapper_prefixes(ckpt.pop("model_avg")), strict=strict
-            )
+            load_model_weights(model_avg, ckpt.pop("model_avg"), path, strict)
     for key, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("grad_scaler", scaler)):
         if obj is not None and ckpt.get(key) is not None:
             obj.load_state_dict(ckpt.pop(key))

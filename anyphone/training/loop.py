@@ -270,14 +270,9 @@ def train(args: argparse.Namespace, task: Any, info: DistInfo | None = None) -> 
                 resume_path, model=model, model_avg=model_avg, optimizer=optimizer, scheduler=scheduler,
                 scaler=scaler,
             )
-        except RuntimeError as e:
-            if "state_dict" not in str(e):
-                raise
-            first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
-            raise SystemExit(
-                f"{resume_path}: this checkpoint does not fit the model the flags build ({first}); "
-                "resume with the flags it was trained with, or use another --exp-dir (or --auto-resume 0)"
-            ) from None
+        except ckpt.CheckpointMismatchError as e:  # the flags build another model
+            raise SystemExit(f"{e}; resume with the flags it was trained with, or use another --exp-dir "
+                             "(or --auto-resume 0)") from None
         state.load(saved.get("train_state", {}))
         load_adaptive_module_state(model, saved.get("module_state", {}))
         sampler_state = saved.get("sampler")
