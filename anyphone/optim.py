@@ -651,6 +651,8 @@ class LRScheduler:
         self.base_lrs: list[float] = [group["base_lr"] for group in optimizer.param_groups]
         self.epoch: float = 0
         self.batch: int = 0
+        # extra multiplier on top of the schedule: the training loop's cool-down at the end of a fixed budget
+        self.budget_factor: float = 1.0
         self._last_lr: list[float] = [group["lr"] for group in optimizer.param_groups]
 
     def get_lr(self) -> list[float]:
@@ -670,19 +672,29 @@ class LRScheduler:
         self.epoch = self.epoch + 1 if epoch is None else epoch
         self._set_lrs()
 
+    def set_budget_factor(self, factor: float) -> None:
+        """Multiply every rate by ``factor`` in [0, 1] on top of the schedule (a linear decay over the last
+        part of a run whose length is fixed in batches or minutes: warm-up, stable, decay)."""
+        if not 0.0 <= factor <= 1.0:
+            raise ValueError(f"budget factor {factor} outside [0, 1]")
+        self.budget_factor = factor
+        self._set_lrs()
+
     def state_dict(self) -> dict[str, Any]:
-        return {"base_lrs": list(self.base_lrs), "epoch": self.epoch, "batch": self.batch}
+        return {"base_lrs": list(self.base_lrs), "epoch": self.epoch, "batch": self.batch,
+                "budget_factor": self.budget_factor}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.base_lrs = list(state_dict["base_lrs"])
         self.epoch = state_dict["epoch"]
         self.batch = state_dict["batch"]
+        self.budget_factor = state_dict.get("budget_factor", 1.0)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["base_lr"] = base
         self._set_lrs()
 
     def _set_lrs(self) -> None:
-        values = self.get_lr()
+        values = [v * self.budget_factor for v in self.get_lr()]
         if len(values) != len(self.optimizer.param_groups):
             raise RuntimeError(
                 f"{type(self).__name__}: {len(values)} learning rates for "

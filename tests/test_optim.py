@@ -300,6 +300,24 @@ def test_eden_step_without_argument_and_state_dict():
     assert math.isclose(opt.param_groups[0]["lr"], _eden_formula(0.02, 7, 1, 100, 2, 10))
 
 
+def test_eden_budget_factor_scales_the_schedule_and_survives_a_state_dict():
+    p = torch.nn.Parameter(torch.zeros(2, 2))
+    opt = ScaledAdam([p], lr=0.04)
+    sched = Eden(opt, lr_batches=100, lr_epochs=2, warmup_batches=10)
+    sched.step_batch(50)
+    plain = opt.param_groups[0]["lr"]
+    sched.set_budget_factor(0.25)
+    assert math.isclose(opt.param_groups[0]["lr"], 0.25 * plain, rel_tol=1e-12)
+    sched.step_batch(60)  # the factor stays until the loop sets another
+    assert math.isclose(opt.param_groups[0]["lr"], 0.25 * _eden_formula(0.04, 60, 0, 100, 2, 10), rel_tol=1e-12)
+    opt2 = ScaledAdam([torch.nn.Parameter(torch.zeros(2, 2))], lr=0.04)
+    sched2 = Eden(opt2, lr_batches=100, lr_epochs=2, warmup_batches=10)
+    sched2.load_state_dict(_roundtrip(sched.state_dict()))
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    with pytest.raises(ValueError, match="outside"):
+        sched.set_budget_factor(1.5)
+
+
 def test_multi_tensor_path_matches_per_tensor_path():
     """The foreach path (default) and the one-tensor-at-a-time path give the same updates."""
 

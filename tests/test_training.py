@@ -175,6 +175,8 @@ def test_gloo_ddp_two_processes(corpus, tmp_path):
     exp = tmp_path / "ddp"
     cmd = [sys.executable, str(ROOT / "zipformer_crctc" / "train.py"),
            *[str(a) for a in _argv(corpus, exp, "--world-size", "2", "--num-epochs", "20", "--max-batches", "4",
+                                   # a time budget with a cool-down: the ranks share one clock (a collective)
+                                   "--max-minutes", "30", "--cooldown-fraction", "0.5",
                                    "--master-port", str(29500 + os.getpid() % 1000))]]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -267,3 +269,34 @@ def test_resume_with_a_different_model_names_the_checkpoint(corpus, tmp_path):
     with pytest.raises(SystemExit, match=r"checkpoint-2\.pt: this checkpoint does not fit the model") as e:
         train(wider, get_task("crctc"))
     assert "\n" not in str(e.value)
+
+
+def test_cooldown_factor_follows_the_nearer_budget():
+    from anyphone.training.loop import budget_progress, cooldown_factor
+
+    args = get_train_parser("crctc").parse_args(["--max-batches", "100", "--max-minutes", "10"])
+    assert budget_progress(50, 2.0, args) == 0.5  # batches are the nearer limit
+    assert budget_progress(10, 8.0, args) == 0.8  # minutes are
+    assert budget_progress(500, 0.0, args) == 1.0
+    assert budget_progress(5, 1.0, get_train_parser("crctc").parse_args([])) is None
+    assert [cooldown_factor(p, 0.2) for p in (0.0, 0.8, 0.9, 1.0)] == pytest.approx([1.0, 1.0, 0.5, 0.0])
+    assert cooldown_factor(0.95, 0.0) == 1.0 and cooldown_factor(None, 0.2) == 1.0
+
+
+def test_cooldown_lowers_the_rate_to_zero_and_a_spent_budget_trains_nothing_more(corpus, tmp_path):
+    exp = tmp_path / "exp"
+    # a flat Eden (no warm-up, no decay), so the logged rate is base-lr times the cool-down factor
+    flags = ["--max-batches", "8", "--cooldown-fraction", "0.5", "--base-lr", "0.04", "--warmup-batches", "0",
+             "--lr-batches", "1e9", "--lr-epochs", "1e9", "--save-every-n", "4", "--num-epochs", "50"]
+    state = train(_args(corpus, exp, *flags), get_task("crctc"))
+    assert state.batch_idx_train == 8 and state.train_minutes > 0
+    # the factor of batch b is set before its step from the budget spent so far, (b - 1) / 8
+    assert _metrics(exp, "train", "lr") == pytest.approx([0.04, 0.04, 0.03, 0.01])  # batches 2, 4, 6, 8
+    saved = torch.load(exp / "checkpoint-8.pt", map_location="cpu", weights_only=True)
+    assert saved["scheduler"]["budget_factor"] == pytest.approx(0.25)
+    # run again: the budget counts over resumes, so it is already spent and the weights stay as they were
+    again = train(_args(corpus, exp, *flags), get_task("crctc"))
+    assert again.batch_idx_train == 8
+    assert not (exp / "checkpoint-9.pt").exists()
+    with pytest.raises(SystemExit, match="needs a fixed budget"):
+        train(_args(corpus, tmp_path / "other", "--cooldown-fraction", "0.2"), get_task("crctc"))

@@ -70,6 +70,15 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_max(value: float, device: torch.device) -> float:
+    """The largest of one scalar over all ranks (no-op for one process): one clock for every rank."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def all_ranks_true(flag: bool, device: torch.device) -> bool:
     """True only if `flag` holds on every rank, so all ranks take the same branch (skip a batch or not)."""
     if not (dist.is_available() and dist.is_initialized()):

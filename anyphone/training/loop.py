@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from anyphone.training.dist import (
     DistInfo,
     all_ranks_true,
+    all_reduce_max,
     all_reduce_sum,
     barrier,
     cleanup_distributed,
@@ -77,7 +78,11 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-best", type=str2bool, default=True,
                    help="Save the weights with the best dev PER so far as best-valid.pt.")
     g.add_argument("--max-batches", type=int, default=0, help="Stop after this many batches (0: no limit).")
-    g.add_argument("--max-minutes", type=float, default=0.0, help="Stop after this much wall time (0: no limit).")
+    g.add_argument("--max-minutes", type=float, default=0.0,
+                   help="Stop after this many minutes of training, counted over resumes (0: no limit).")
+    g.add_argument("--cooldown-fraction", type=float, default=0.0,
+                   help="Lower the learning rate linearly to 0 over this last fraction of the budget set by "
+                   "--max-batches or --max-minutes (warm-up, stable, decay; for fixed-length runs). 0: off.")
     g.add_argument("--max-bad-batches", type=int, default=20,
                    help="Stop when this many batches in a row give a non-finite loss.")
     g.add_argument("--tensorboard", type=str2bool, default=True)
@@ -118,6 +123,25 @@ def unwrap(model: nn.Module) -> nn.Module:
 def adjusted_batch_count(batch_idx_train: int, args: argparse.Namespace) -> float:
     """Zipformer's schedules (dropout, skip rates, balancer limits) count batches of --ref-duration seconds."""
     return batch_idx_train * (args.max_duration * args.world_size * args.accum_grad) / args.ref_duration
+
+
+def budget_progress(batch_idx_train: int, train_minutes: float, args: argparse.Namespace) -> float | None:
+    """How much of the run's fixed budget (--max-batches, --max-minutes; the nearer limit) is spent, in [0, 1];
+    None when neither is set."""
+    parts = []
+    if args.max_batches > 0:
+        parts.append(batch_idx_train / args.max_batches)
+    if args.max_minutes > 0:
+        parts.append(train_minutes / args.max_minutes)
+    return min(1.0, max(parts)) if parts else None
+
+
+def cooldown_factor(progress: float | None, fraction: float) -> float:
+    """The learning-rate multiplier of the end-of-budget decay: 1 until the last ``fraction`` of the budget,
+    then linear down to 0 at its end."""
+    if progress is None or fraction <= 0:
+        return 1.0
+    return min(1.0, max(0.0, (1.0 - progress) / fraction))
 
 
 def set_batch_count(model: nn.Module, count: float) -> None:
@@ -189,6 +213,7 @@ class TrainState:
         self.best_valid_loss = math.inf
         self.best_valid_err = math.inf
         self.audio_seconds = 0.0
+        self.train_minutes = 0.0  # wall time spent training, over all resumes (what --max-minutes counts)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -234,6 +259,10 @@ def train(args: argparse.Namespace, task: Any, info: DistInfo | None = None) -> 
     device = resolve_device(args, info)
     if args.use_fp16 and args.use_bf16:
         raise SystemExit("choose one of --use-fp16 and --use-bf16")
+    if args.cooldown_fraction > 0 and budget_progress(0, 0.0, args) is None:
+        raise SystemExit("--cooldown-fraction needs a fixed budget: --max-batches or --max-minutes")
+    if not 0.0 <= args.cooldown_fraction <= 1.0:
+        raise SystemExit(f"--cooldown-fraction {args.cooldown_fraction}: expected a fraction in [0, 1]")
     log.info("Training %s on %s, world size %d", task.name, device, info.world_size)
     log.info("Arguments: %s", {k: str(v) for k, v in sorted(vars(args).items())})
 
@@ -297,8 +326,12 @@ def train(args: argparse.Namespace, task: Any, info: DistInfo | None = None) -> 
     if device.type == "cuda" and args.scan_pessimistic_batches and resume_path is None:
         _scan_pessimistic_batches(train_model, train_dl, task, args, device, optimizer)
 
-    start_time = time.time()
-    stop = False
+    # the clock runs over resumes: --max-minutes and the cool-down count all the time spent training
+    start_time = time.time() - 60.0 * state.train_minutes
+    stop = budget_progress(state.batch_idx_train, state.train_minutes, args) == 1.0
+    if stop:
+        log.info("The budget (--max-batches / --max-minutes) is already spent at batch %d; nothing to train",
+                 state.batch_idx_train)
     try:
         while state.epoch <= args.num_epochs and not stop:
             scheduler.step_epoch(state.epoch - 1)
@@ -420,7 +453,13 @@ def _train_one_epoch(
             ckpt.restore_rng_state(pending_rng)
             pending_rng = None
         state.batch_idx_train += 1
+        state.train_minutes = (time.time() - start_time) / 60
         set_batch_count(model, adjusted_batch_count(state.batch_idx_train, args))
+        if args.cooldown_fraction > 0:
+            # every rank must set the same rate, so they share the slowest clock
+            minutes = all_reduce_max(state.train_minutes, device) if args.max_minutes > 0 else 0.0
+            progress = budget_progress(state.batch_idx_train - 1, minutes, args)
+            scheduler.set_budget_factor(cooldown_factor(progress, args.cooldown_fraction))
         batch = move_batch(batch, device)
         last_in_step = state.batch_idx_train % args.accum_grad == 0
         sync = nullcontext() if (last_in_step or not info.enabled) else train_model.no_sync()
@@ -495,8 +534,9 @@ def _train_one_epoch(
         if args.save_every_n > 0 and state.batch_idx_train % args.save_every_n == 0:
             barrier()
 
+        state.train_minutes = (time.time() - start_time) / 60
         out_of_batches = args.max_batches > 0 and state.batch_idx_train >= args.max_batches
-        out_of_time = args.max_minutes > 0 and (time.time() - start_time) / 60 >= args.max_minutes
+        out_of_time = args.max_minutes > 0 and state.train_minutes >= args.max_minutes
         if all_ranks_true(not (out_of_batches or out_of_time), device) is False:
             log.info("Stopping: %s", "--max-batches reached" if out_of_batches else "--max-minutes reached")
             if dev_dl is not None and state.batch_idx_train % args.valid_interval != 0:
