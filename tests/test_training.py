@@ -300,3 +300,6 @@ def test_cooldown_lowers_the_rate_to_zero_and_a_spent_budget_trains_nothing_more
     assert not (exp / "checkpoint-9.pt").exists()
     with pytest.raises(SystemExit, match="needs a fixed budget"):
         train(_args(corpus, tmp_path / "other", "--cooldown-fraction", "0.2"), get_task("crctc"))
+    with pytest.raises(SystemExit, match=r"--cooldown-fraction 1\.5: expected a fraction in \[0, 1\]"):
+        train(_args(corpus, tmp_path / "other", "--max-batches", "4", "--cooldown-fraction", "1.5"),
+              get_task("crctc"))
