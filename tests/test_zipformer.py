@@ -135,6 +135,76 @@ def test_regularisers_shape_gradients_in_training():
         assert not torch.allclose(x.grad, g), type(m).__name__
 
 
+def _reference_balancer_grad(x, g, min_mean, max_mean, min_rms, max_rms, grad_scale, cd):
+    """The Balancer gradient as icefall writes it: autograd through every element of x, in float64."""
+    xf = x.detach().double().requires_grad_(True)
+    dims = [i for i in range(x.ndim) if i != cd % x.ndim]
+    sq_mean = (xf**2).mean(dim=dims, keepdim=True)
+    mean = xf.mean(dim=dims, keepdim=True)
+    m = mean / (sq_mean - mean * mean).clamp(min=1.0e-20).sqrt()
+    rms = sq_mean.clamp(min=1.0e-20).sqrt()
+    loss = (m - m.clamp(min=min_mean, max=max_mean)).abs() + (rms.clamp(min=min_rms, max=max_rms) / rms).log().abs()
+    loss.sum().backward()
+    lg = xf.grad
+    lg = lg * (grad_scale / (lg**2).mean(dim=dims, keepdim=True).sqrt().clamp(min=1.0e-20))
+    gd = g.double()
+    return gd + gd.abs() * lg
+
+
+@pytest.mark.parametrize("channel_dim", [-1, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_balancer_gradient_matches_the_elementwise_formula(channel_dim, dtype):
+    torch.manual_seed(0)
+    # channels 0-3 mostly positive and large (mean and rms limits violated), 4-7 within the limits
+    x = torch.randn(7, 6, 8)
+    x[..., :4] = x[..., :4] * 10 + 30
+    if channel_dim == 1:
+        x = x.transpose(1, 2).contiguous()  # (7, 8, 6)
+    x = x.to(dtype).requires_grad_(True)
+    m = Balancer(8, channel_dim=channel_dim, min_positive=0.2, max_positive=0.8, min_abs=0.5, max_abs=4.0,
+                 grad_scale=0.04, prob=1.0).train()
+    g = torch.randn(x.shape).to(dtype)
+    m(x).backward(g)
+    from anyphone.models.scaling import _abs_to_rms, _proportion_positive_to_mean
+
+    expected = _reference_balancer_grad(x, g, _proportion_positive_to_mean(0.2), _proportion_positive_to_mean(0.8),
+                                        _abs_to_rms(0.5), _abs_to_rms(4.0), 0.04, channel_dim)
+    tol = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}
+    torch.testing.assert_close(x.grad.double(), expected.to(dtype).double(), **tol)
+    changed = (x.grad.double() - g.double()).abs().amax(dim=[i for i in range(3) if i != channel_dim % 3])
+    assert bool((changed[:4] > 0).all()) and bool((changed[4:] == 0).all())  # only violated channels move
+
+
+def _reference_whiten_grad(x, g, num_groups, grad_scale):
+    """The Whiten gradient as icefall computes it: autograd through the metric, in float64."""
+    xf = x.detach().double().requires_grad_(True)
+    xg = xf.reshape(-1, num_groups, x.shape[-1] // num_groups).transpose(0, 1)
+    xg = xg - xg.mean(dim=1, keepdim=True)
+    cov = torch.matmul(xg.transpose(1, 2), xg)
+    k = cov.shape[0] * cov.shape[1]
+    metric = ((cov**2).sum() / k) / ((torch.diagonal(cov, dim1=1, dim2=2).sum() / k) ** 2 + 1.0e-20)
+    metric.backward()
+    pg = xf.grad
+    return g.double() + pg * (grad_scale * g.double().norm() / (pg.norm() + 1.0e-20))
+
+
+@pytest.mark.parametrize("num_groups", [1, 2])
+def test_whiten_gradient_matches_autograd_through_the_metric(num_groups):
+    torch.manual_seed(0)
+    # strongly correlated channels: the metric is far above the limit
+    x = (torch.randn(30, 4, 1) * torch.ones(1, 1, 8) + 0.3 * torch.randn(30, 4, 8)).requires_grad_(True)
+    m = Whiten(num_groups=num_groups, whitening_limit=1.2, prob=1.0, grad_scale=0.1).train()
+    g = torch.randn(x.shape)
+    random.seed(0)
+    m(x).backward(g)
+    torch.testing.assert_close(x.grad.double(), _reference_whiten_grad(x, g, num_groups, 0.1), atol=1e-5, rtol=1e-4)
+    # below the limit the gradient passes through untouched
+    x2 = torch.randn(2000, 8).requires_grad_(True)
+    m2 = Whiten(num_groups=num_groups, whitening_limit=5.0, prob=1.0, grad_scale=0.1).train()
+    m2(x2).backward(g2 := torch.randn(2000, 8))
+    assert torch.equal(x2.grad, g2)
+
+
 def test_limit_param_value_and_penalty_are_forward_identities():
     p = torch.tensor([-3.0, 0.5, 3.0], requires_grad=True)
     y = limit_param_value(p, -1.0, 1.0, prob=1.0)

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import fused
+
 _log = logging.getLogger(__name__)
 
 __all__ = [
@@ -138,9 +140,7 @@ def set_batch_count(model: nn.Module, batch_count: float) -> None:
 # SwooshL / SwooshR
 # ---------------------------------------------------------------------------------------------
 
-# (shift, offset) of swoosh(x) = log(1 + exp(x - shift)) - 0.08 * x - offset
-_SWOOSH = {"SwooshL": (4.0, 0.035), "SwooshR": (1.0, 0.313261687)}
-_SWOOSH_SLOPE = 0.08
+_SWOOSH = fused.SWOOSH
 
 
 def _swoosh_fwd(x: Tensor, kind: str) -> Tensor:
@@ -150,15 +150,7 @@ def _swoosh_fwd(x: Tensor, kind: str) -> Tensor:
     rounds to z in float32 anyway (and k2 falls back to z on overflow); it is one fused pass.
     """
     shift, offset = _SWOOSH[kind]
-    xf = x.float()
-    y = F.softplus(xf - shift)
-    y = torch.add(y, xf, alpha=-_SWOOSH_SLOPE)
-    return y.sub_(offset)
-
-
-def _swoosh_deriv(x: Tensor, kind: str) -> Tensor:
-    shift, _ = _SWOOSH[kind]
-    return torch.sigmoid(x.float() - shift) - _SWOOSH_SLOPE
+    return fused.swoosh_value(x, shift, offset)
 
 
 def swoosh_l(x: Tensor) -> Tensor:
@@ -175,32 +167,22 @@ def swoosh_r(x: Tensor) -> Tensor:
     return _swoosh_fwd(x, "SwooshR").to(x.dtype)
 
 
-# The derivative of a swoosh lies in [-0.08, 0.92]; on GPU storing it in 8 bits with stochastic rounding
-# (unbiased) costs 1 byte per element instead of keeping the input around for backprop.
-_DERIV_LO, _DERIV_HI = -0.08, 0.925
-
-
 class _SwooshFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, kind: str) -> Tensor:
-        y = _swoosh_fwd(x, kind)
-        d = _swoosh_deriv(x, kind)
+        # On GPU the derivative is kept in 8 bits with stochastic rounding (1 byte per element instead of
+        # the input); on CPU memory is plentiful and drawing the dither costs more than the activation.
         ctx.quantized = x.is_cuda
-        if ctx.quantized:
-            q = (d - _DERIV_LO) * (255.0 / (_DERIV_HI - _DERIV_LO)) + torch.rand_like(d)
-            ctx.save_for_backward(q.clamp_(0.0, 255.0).to(torch.uint8))
-        else:
-            # on CPU memory is plentiful and drawing the dither costs more than the activation itself
-            ctx.save_for_backward(d)
-        return y.to(x.dtype)
+        y, d = fused.swoosh_and_derivative(x, kind, torch.uint8 if ctx.quantized else torch.float32)
+        ctx.save_for_backward(d)
+        return y
 
     @staticmethod
     def backward(ctx, y_grad: Tensor):
-        (q,) = ctx.saved_tensors
-        if not ctx.quantized:
-            return (y_grad * q).to(y_grad.dtype), None
-        d = q.to(y_grad.dtype) * ((_DERIV_HI - _DERIV_LO) / 255.0) + _DERIV_LO
-        return y_grad * d, None
+        (d,) = ctx.saved_tensors
+        if ctx.quantized:
+            return fused.scale_by_quantized_derivative(y_grad, d), None
+        return (y_grad * d).to(y_grad.dtype), None
 
 
 class SwooshL(nn.Module):
@@ -224,9 +206,7 @@ class _ActivationLinearFunction(torch.autograd.Function):
             if shared_dim is not None:
                 shape[shared_dim] = 1
             mask = (torch.rand(shape, device=x.device) > dropout_p).to(x.dtype) * (1.0 / (1.0 - dropout_p))
-        y = _swoosh_fwd(x, kind).to(x.dtype)
-        if mask is not None:
-            y = y * mask
+        y, _ = fused.swoosh_and_derivative(x, kind, mask=mask)
         ctx.kind = kind
         ctx.save_for_backward(x, weight, bias, mask)
         return F.linear(y, weight, bias)
@@ -235,11 +215,9 @@ class _ActivationLinearFunction(torch.autograd.Function):
     def backward(ctx, g: Tensor):
         x, weight, bias, mask = ctx.saved_tensors
         dt = g.dtype
-        y = _swoosh_fwd(x, ctx.kind).to(dt)
-        d = _swoosh_deriv(x, ctx.kind).to(dt)
-        if mask is not None:
-            y = y * mask.to(dt)
-            d = d * mask.to(dt)
+        # recomputed from x, the only activation kept; both come out multiplied by the dropout mask
+        y, d = fused.swoosh_and_derivative(x, ctx.kind, dt, mask)
+        y = y.to(dt)
         out_dim, in_dim = weight.shape
         g2 = g.reshape(-1, out_dim)
         w_grad = torch.matmul(g2.t(), y.reshape(-1, in_dim)).to(weight.dtype)
@@ -477,6 +455,16 @@ def _proportion_positive_to_mean(p: float) -> float:
     return 0.8139535143 * atanh
 
 
+def _balancer_loss(mean: Tensor, sq_mean: Tensor, min_mean, max_mean, min_rms, max_rms) -> Tensor:
+    """The Balancer's penalty from per-channel E[x] and E[x^2]: 0 while both constraints hold."""
+    std = (sq_mean - mean * mean).clamp(min=1.0e-20).sqrt()
+    rms = sq_mean.clamp(min=1.0e-20).sqrt()
+    m = mean / std
+    loss_mean = (m - m.clamp(min=min_mean, max=max_mean)).abs()
+    loss_rms = (rms.clamp(min=min_rms, max=max_rms) / rms).log().abs()
+    return (loss_mean + loss_rms).sum()
+
+
 class _BalancerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, min_mean, max_mean, min_rms, max_rms, grad_scale, channel_dim) -> Tensor:
@@ -489,22 +477,26 @@ class _BalancerFunction(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         min_mean, max_mean, min_rms, max_rms, grad_scale, cd = ctx.cfg
         try:
-            with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
-                xf = x.detach().float().requires_grad_(True)
-                dims = [i for i in range(xf.ndim) if i != cd]
-                sq_mean = (xf**2).mean(dim=dims, keepdim=True)
-                mean = xf.mean(dim=dims, keepdim=True)
-                std = (sq_mean - mean * mean).clamp(min=1.0e-20).sqrt()
-                rms = sq_mean.clamp(min=1.0e-20).sqrt()
-                m = mean / std
-                loss_mean = (m - m.clamp(min=min_mean, max=max_mean)).abs()
-                loss_rms = (rms.clamp(min=min_rms, max=max_rms) / rms).log().abs()
-                (loss_mean + loss_rms).sum().backward()
-                lg = xf.grad
-                lg = lg * (grad_scale / (lg**2).mean(dim=dims, keepdim=True).sqrt().clamp(min=1.0e-20))
-                gf = x_grad.float()
+            # The penalty depends on x only through the per-channel E[x] and E[x^2], so its gradient is
+            # a + b * x per channel: autograd runs on the (C,) statistics and the full-size work is two
+            # reductions and two fused multiply-adds (icefall differentiates through x, ~25 full passes).
+            with torch.autocast(x.device.type, enabled=False):
+                dims = [i for i in range(x.ndim) if i != cd]
+                count = x.numel() // x.shape[cd]
+                s1 = x.sum(dim=dims, keepdim=True, dtype=torch.float32)
+                s2 = torch.linalg.vector_norm(x, 2, dim=dims, keepdim=True, dtype=torch.float32) ** 2
+                with torch.enable_grad():
+                    mean = (s1 / count).requires_grad_(True)
+                    sq_mean = (s2 / count).requires_grad_(True)
+                    loss = _balancer_loss(mean, sq_mean, min_mean, max_mean, min_rms, max_rms)
+                    g_mean, g_sq_mean = torch.autograd.grad(loss, (mean, sq_mean))
+                a = g_mean / count  # d loss / d x = a + b * x
+                b = g_sq_mean * (2.0 / count)
+                # rms of (a + b x) over the channel, from the same statistics
+                ms = a * a + 2.0 * a * b * mean.detach() + b * b * sq_mean.detach()
+                scale = grad_scale / ms.clamp(min=0.0).sqrt().clamp(min=1.0e-20)
                 # Scale the constraint gradient by |x_grad| elementwise: a noisy per-element magnitude.
-                x_grad = (gf + gf.abs() * lg).to(x_grad.dtype)
+                x_grad = fused.balancer_gradient(x_grad, x, a * scale, b * scale, cd)
         except RuntimeError as e:  # never let a regulariser kill a training run
             _log.warning(
                 f"Balancer backward failed ({e}) for shape {list(x_grad.shape)}; gradient left as is"
@@ -556,17 +548,21 @@ class Balancer(nn.Module):
         )
 
 
+def _centred_groups(x: Tensor, num_groups: int) -> Tensor:
+    """(..., C) -> float32 (groups, frames, C / groups), each column centred over the frames."""
+    c = x.shape[-1]
+    xg = x.reshape(-1, num_groups, c // num_groups).transpose(0, 1).float()
+    return xg - xg.mean(dim=1, keepdim=True)
+
+
 def _whitening_metric(x: Tensor, num_groups: int) -> Tensor:
     """>= 1; equals 1 when each group's centred covariance is a multiple of I (same for all groups)."""
-    x = x.reshape(-1, x.shape[-1])
-    n, c = x.shape
-    cpg = c // num_groups
-    x = x.reshape(n, num_groups, cpg).transpose(0, 1)
-    x = x - x.mean(dim=1, keepdim=True)
-    cov = torch.matmul(x.transpose(1, 2), x)  # (groups, cpg, cpg)
-    mean_diag = torch.diagonal(cov, dim1=1, dim2=2).mean()
-    mean_sq_diag = (cov**2).sum() / (num_groups * cpg)
-    return mean_sq_diag / (mean_diag**2 + 1.0e-20)
+    xc = _centred_groups(x, num_groups)
+    cov = torch.matmul(xc.transpose(1, 2), xc)  # (groups, cpg, cpg)
+    k = cov.shape[0] * cov.shape[1]
+    mean_diag = torch.diagonal(cov, dim1=1, dim2=2).sum() / k
+    mean_sq = (cov**2).sum() / k
+    return mean_sq / (mean_diag**2 + 1.0e-20)
 
 
 class _WhitenFunction(torch.autograd.Function):
@@ -581,17 +577,29 @@ class _WhitenFunction(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         w: Whiten = ctx.module
         try:
-            with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
-                xf = x.detach().float().requires_grad_(True)
-                metric = _whitening_metric(xf, w.num_groups)
-                if metric < float(w.whitening_limit):
+            with torch.autocast(x.device.type, enabled=False):
+                # metric = S / D^2 with S = sum(cov^2) / k and D = trace(cov) / k, cov = Xc^T Xc per group.
+                # Its gradient is Xc @ H with H = 4 / (k D^2) (cov - (S / D) I): one matmul, where autograd
+                # through the metric took about twice the full-size passes. The centring drops out
+                # because Xc's columns already have zero mean.
+                xc = _centred_groups(x, w.num_groups)
+                cov = torch.matmul(xc.transpose(1, 2), xc)
+                k = cov.shape[0] * cov.shape[1]
+                d = torch.diagonal(cov, dim1=1, dim2=2).sum() / k
+                e = d * d + 1.0e-20
+                sq = (cov**2).sum() / k
+                if sq / e < float(w.whitening_limit):
                     w.prob = w.min_prob
                     return x_grad, None
                 w.prob = w.max_prob
-                metric.backward()
-                pg = xf.grad
-                scale = float(w.grad_scale) * (x_grad.float().norm() / (pg.norm() + 1.0e-20))
-                return x_grad + (pg * scale).to(x_grad.dtype), None
+                eye = torch.eye(cov.shape[1], device=cov.device, dtype=cov.dtype)
+                h = (cov - (sq * d / e) * eye) * (4.0 / (k * e))
+                # |Xc H|^2 = sum_g trace(H cov H): the penalty gradient's norm without forming it first
+                pg_norm = (h * torch.matmul(cov, h)).sum().clamp(min=0.0).sqrt()
+                g_norm = torch.linalg.vector_norm(x_grad, dtype=torch.float32)
+                h = h * (float(w.grad_scale) * g_norm / (pg_norm + 1.0e-20))
+                pg = torch.matmul(xc, h).transpose(0, 1).reshape(x_grad.shape)
+                return x_grad + pg.to(x_grad.dtype), None
         except RuntimeError as e:
             _log.warning(f"Whiten backward failed ({e}) for shape {list(x_grad.shape)}; gradient left as is")
         return x_grad, None

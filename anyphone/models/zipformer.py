@@ -353,7 +353,7 @@ class Zipformer2EncoderLayer(nn.Module):
 
     @staticmethod
     def _add(x: Tensor, y: Tensor, mask: Tensor | None) -> Tensor:
-        return x + (y if mask is None else y * mask)
+        return x + y if mask is None else torch.addcmul(x, y, mask)
 
     def forward(
         self,
@@ -499,7 +499,10 @@ class BypassModule(nn.Module):
 
     def forward(self, src_orig: Tensor, src: Tensor) -> Tensor:
         """Both (T, N, C)."""
-        return src_orig + (src - src_orig) * self._get_bypass_scale(src.shape[1])
+        scale = self._get_bypass_scale(src.shape[1])
+        if src.dtype == src_orig.dtype == scale.dtype:
+            return torch.lerp(src_orig, src, scale)  # one kernel for src_orig + (src - src_orig) * scale
+        return src_orig + (src - src_orig) * scale
 
 
 class DownsampledZipformer2Encoder(nn.Module):
