@@ -57,3 +57,42 @@ def test_seeded_augment_is_reproducible_and_leaves_the_global_rng_alone():
     aug = DataSpecAugment(p=1.0, seed=8)
     aug.reseed(7)
     assert torch.equal(aug(feats, lens), a)
+
+
+def _warp_one_by_one(x, lens, centre, new_centre, apply):
+    """The warp as a loop of F.interpolate calls, one utterance and segment at a time."""
+    out = x.clone()
+    for i, n in enumerate(lens.tolist()):
+        if not apply[i]:
+            continue
+        c, nc = int(centre[i]), int(new_centre[i])
+        seg = x[i, :n].t().unsqueeze(0)
+        left = torch.nn.functional.interpolate(seg[:, :, :c], size=nc, mode="linear", align_corners=False)
+        right = torch.nn.functional.interpolate(seg[:, :, c:], size=n - nc, mode="linear", align_corners=False)
+        out[i, :n] = torch.cat([left, right], dim=2)[0].t()
+    return out
+
+
+def test_batched_time_warp_equals_per_utterance_interpolation():
+    feats, lens = _batch()
+    g = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        centre = torch.stack([torch.randint(1, int(n) - 1, (), generator=g) for n in lens])
+        shift = torch.stack([torch.randint(-int(c) + 1, int(n) - int(c), (), generator=g) for c, n in zip(centre, lens)])
+        new_centre = centre + shift  # any split point: stretch on one side, squeeze on the other
+        apply = torch.tensor([True, True, False])
+        from anyphone.models.specaug import warp_frames
+
+        out = warp_frames(feats, lens, centre, new_centre, apply)
+        torch.testing.assert_close(out, _warp_one_by_one(feats, lens, centre, new_centre, apply), atol=1e-3, rtol=1e-4)
+        assert torch.equal(out[2], feats[2]) and torch.equal(out[1, 250:], feats[1, 250:])
+
+
+def test_time_warp_moves_frames_only_of_long_enough_utterances():
+    from anyphone.models.specaug import time_warp
+
+    feats, lens = _batch()
+    out = time_warp(feats, lens, factor=80, p=1.0, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(out[0], feats[0]) and not torch.equal(out[1, :250], feats[1, :250])
+    assert torch.equal(out[2], feats[2])  # 120 frames <= 2 * 80 + 2: left alone
+    assert torch.equal(out[1, 250:], feats[1, 250:])

@@ -455,6 +455,11 @@ def _proportion_positive_to_mean(p: float) -> float:
     return 0.8139535143 * atanh
 
 
+def _accurate_dtype(device: torch.device) -> torch.dtype:
+    """float64 for small per-channel algebra, except where the device has none (Apple's MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def _balancer_loss(mean: Tensor, sq_mean: Tensor, min_mean, max_mean, min_rms, max_rms) -> Tensor:
     """The Balancer's penalty from per-channel E[x] and E[x^2]: 0 while both constraints hold."""
     std = (sq_mean - mean * mean).clamp(min=1.0e-20).sqrt()
@@ -477,26 +482,30 @@ class _BalancerFunction(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         min_mean, max_mean, min_rms, max_rms, grad_scale, cd = ctx.cfg
         try:
-            # The penalty depends on x only through the per-channel E[x] and E[x^2], so its gradient is
-            # a + b * x per channel: autograd runs on the (C,) statistics and the full-size work is two
-            # reductions and two fused multiply-adds (icefall differentiates through x, ~25 full passes).
+            # The penalty depends on x only through the per-channel mean and variance, so its gradient is
+            # a + b * x per channel: autograd runs on the (C,) statistics and the full-size work is one
+            # reduction and one fused pass (icefall differentiates through every element, ~25 full passes).
+            # The per-channel algebra is in float64: near-constant channels make b huge and would
+            # overflow or cancel in float32.
             with torch.autocast(x.device.type, enabled=False):
                 dims = [i for i in range(x.ndim) if i != cd]
                 count = x.numel() // x.shape[cd]
-                s1 = x.sum(dim=dims, keepdim=True, dtype=torch.float32)
-                s2 = torch.linalg.vector_norm(x, 2, dim=dims, keepdim=True, dtype=torch.float32) ** 2
+                var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+                acc = _accurate_dtype(x.device)
+                var, mean = var.to(acc).clamp(min=0.0), mean.to(acc)
                 with torch.enable_grad():
-                    mean = (s1 / count).requires_grad_(True)
-                    sq_mean = (s2 / count).requires_grad_(True)
-                    loss = _balancer_loss(mean, sq_mean, min_mean, max_mean, min_rms, max_rms)
-                    g_mean, g_sq_mean = torch.autograd.grad(loss, (mean, sq_mean))
+                    mean_p = mean.clone().requires_grad_(True)
+                    sq_mean_p = (var + mean * mean).requires_grad_(True)
+                    loss = _balancer_loss(mean_p, sq_mean_p, min_mean, max_mean, min_rms, max_rms)
+                    g_mean, g_sq_mean = torch.autograd.grad(loss, (mean_p, sq_mean_p))
                 a = g_mean / count  # d loss / d x = a + b * x
                 b = g_sq_mean * (2.0 / count)
-                # rms of (a + b x) over the channel, from the same statistics
-                ms = a * a + 2.0 * a * b * mean.detach() + b * b * sq_mean.detach()
-                scale = grad_scale / ms.clamp(min=0.0).sqrt().clamp(min=1.0e-20)
+                # mean square of (a + b x) over the channel: (a + b mean)^2 + b^2 var, both terms >= 0
+                centre = a + b * mean
+                ms = centre * centre + b * b * var
+                scale = grad_scale / ms.sqrt().clamp(min=1.0e-20)
                 # Scale the constraint gradient by |x_grad| elementwise: a noisy per-element magnitude.
-                x_grad = fused.balancer_gradient(x_grad, x, a * scale, b * scale, cd)
+                x_grad = fused.balancer_gradient(x_grad, x, (a * scale).float(), (b * scale).float(), cd)
         except RuntimeError as e:  # never let a regulariser kill a training run
             _log.warning(
                 f"Balancer backward failed ({e}) for shape {list(x_grad.shape)}; gradient left as is"
@@ -583,7 +592,7 @@ class _WhitenFunction(torch.autograd.Function):
                 # through the metric took about twice the full-size passes. The centring drops out
                 # because Xc's columns already have zero mean.
                 xc = _centred_groups(x, w.num_groups)
-                cov = torch.matmul(xc.transpose(1, 2), xc)
+                cov = torch.matmul(xc.transpose(1, 2), xc).to(_accurate_dtype(x.device))  # (C, C) in float64
                 k = cov.shape[0] * cov.shape[1]
                 d = torch.diagonal(cov, dim1=1, dim2=2).sum() / k
                 e = d * d + 1.0e-20
@@ -598,7 +607,7 @@ class _WhitenFunction(torch.autograd.Function):
                 pg_norm = (h * torch.matmul(cov, h)).sum().clamp(min=0.0).sqrt()
                 g_norm = torch.linalg.vector_norm(x_grad, dtype=torch.float32)
                 h = h * (float(w.grad_scale) * g_norm / (pg_norm + 1.0e-20))
-                pg = torch.matmul(xc, h).transpose(0, 1).reshape(x_grad.shape)
+                pg = torch.matmul(xc, h.float()).transpose(0, 1).reshape(x_grad.shape)
                 return x_grad + pg.to(x_grad.dtype), None
         except RuntimeError as e:
             _log.warning(f"Whiten backward failed ({e}) for shape {list(x_grad.shape)}; gradient left as is")

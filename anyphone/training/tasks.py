@@ -95,9 +95,14 @@ class CrCtcTask:
         unsup = list(batch.get("unsupervised", [False] * n)) if args.use_unsup_cr_ctc else [False] * n
         if use_cr:
             rows = [not u for u in unsup] * 2
-            keep = torch.tensor(rows, device=log_probs.device)
-            kept_targets = [t for t, ok in zip(targets + targets, rows) if ok]
-            ctc = ctc_loss(log_probs[keep], out_lens[keep], kept_targets) * 0.5 if any(rows) else log_probs.sum() * 0
+            if all(rows):  # no boolean indexing (a GPU sync) when every cut is labelled
+                ctc = ctc_loss(log_probs, out_lens, targets + targets) * 0.5
+            elif any(rows):
+                keep = torch.tensor(rows, device=log_probs.device)
+                kept_targets = [t for t, ok in zip(targets + targets, rows) if ok]
+                ctc = ctc_loss(log_probs[keep], out_lens[keep], kept_targets) * 0.5
+            else:
+                ctc = log_probs.sum() * 0
             weights = torch.tensor([args.unsup_cr_ctc_loss_scale if u else 1.0 for u in unsup] * 2)
             cr = cr_consistency_loss(log_probs, out_lens, weights) * 0.5
             cr_scale = cr_loss_scale_at(batch_idx_train - cr_start, args.cr_loss_scale, args.cr_warmup_batches)
