@@ -42,6 +42,9 @@ def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
                    "transducer: greedy_search | modified_beam_search (default: the greedy one)")
     g.add_argument("--beam-size", type=int, default=4)
     g.add_argument("--max-sym-per-frame", type=int, default=1)
+    g.add_argument("--blank-penalty", type=float, default=0.0,
+                   help="Subtracted from the blank's log-probability (CTC) or logit (transducer) before the "
+                        "search; > 0 emits more phones, against deletions. Tune it on a dev set.")
     g.add_argument("--pfer", type=str2bool, default=True, help="Also compute PanPhon feature error rates.")
     g.add_argument("--device", type=str, default="auto")
     g.add_argument("--num-threads", type=int, default=0)

@@ -129,9 +129,14 @@ class CrCtcTask:
     @staticmethod
     @torch.no_grad()
     def decode(model, batch: dict, args) -> list[list[int]]:
-        from anyphone.decoding.ctc import ctc_greedy_search, ctc_prefix_beam_search
+        import math
+
+        from anyphone.decoding.ctc import apply_blank_scale, ctc_greedy_search, ctc_prefix_beam_search
 
         log_probs, out_lens = model(batch["features"], batch["feature_lens"])
+        penalty = getattr(args, "blank_penalty", 0.0)
+        if penalty:
+            log_probs = apply_blank_scale(log_probs, math.exp(penalty))  # blank is id 0, as in ZIPA
         if args.decoding_method == "ctc-greedy-search":
             return ctc_greedy_search(log_probs, out_lens)
         if args.decoding_method == "ctc-prefix-beam-search":
@@ -216,10 +221,12 @@ class TransducerTask:
         from anyphone.decoding.transducer import greedy_search_batch, modified_beam_search
 
         enc, enc_lens = model.forward_encoder(batch["features"], batch["feature_lens"])
+        penalty = getattr(args, "blank_penalty", 0.0)
         if args.decoding_method == "greedy_search":
-            return greedy_search_batch(model, enc, enc_lens, max_sym_per_frame=args.max_sym_per_frame)
+            return greedy_search_batch(model, enc, enc_lens, max_sym_per_frame=args.max_sym_per_frame,
+                                       blank_penalty=penalty)
         if args.decoding_method == "modified_beam_search":
-            return modified_beam_search(model, enc, enc_lens, beam=args.beam_size)
+            return modified_beam_search(model, enc, enc_lens, beam=args.beam_size, blank_penalty=penalty)
         raise SystemExit(f"--decoding-method {args.decoding_method}: transducer models decode with "
                          "greedy_search or modified_beam_search")
 
