@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+import logging
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 _TRUE = ("1", "true", "t", "yes", "y", "on")
@@ -31,3 +33,37 @@ def state_dict_mismatch(want: Mapping[str, Any], have: Mapping[str, Any]) -> str
         if tuple(have[k].shape) != tuple(v.shape):
             return f"{k} has shape {tuple(have[k].shape)}, expected {tuple(v.shape)}"
     return None
+
+
+class LazyKernels:
+    """Optional GPU kernels (Triton): built on first use for a CUDA tensor, off when ``env_var`` is ``0``, and
+    given up for the rest of the run, with one warning, after any build or launch failure. Callers keep a
+    plain PyTorch path for every kernel.
+
+    ``build()`` returns an object whose attributes are the kernel launchers.
+    """
+
+    def __init__(self, build: Callable[[], Any], env_var: str, owner: str) -> None:
+        self._build, self._env_var, self._owner = build, env_var, owner
+        self.kernels: Any = None  # None: not tried yet; False: unavailable or failed
+
+    def available(self, x: Any) -> bool:
+        if not getattr(x, "is_cuda", False) or os.environ.get(self._env_var, "1") == "0":
+            return False
+        if self.kernels is None:
+            try:
+                self.kernels = self._build()
+            except (ImportError, AttributeError, RuntimeError) as e:  # the PyTorch path still works
+                logging.getLogger(self._owner).info(f"{self._owner}: Triton kernels unavailable ({e}); using PyTorch")
+                self.kernels = False
+        return self.kernels is not False
+
+    def call(self, name: str, *args: Any) -> tuple[bool, Any]:
+        """(True, result) of one launcher, or (False, None) after a failure, which disables all of them."""
+        try:
+            return True, getattr(self.kernels, name)(*args)
+        except Exception as e:  # noqa: BLE001 - any compiler or driver error: the PyTorch path computes the same
+            logging.getLogger(self._owner).warning(
+                f"{self._owner}: Triton kernel {name} failed ({e}); using PyTorch from now on")
+            self.kernels = False
+            return False, None

@@ -201,3 +201,24 @@ def test_apply_prior():
     assert torch.allclose(apply_prior(lp, {}), lp)
     with pytest.raises(ValueError):
         apply_prior(lp, {9: 1.0})
+
+
+def test_recipe_blank_penalty_lets_a_weaker_phone_through():
+    from types import SimpleNamespace
+
+    from anyphone.training.tasks import CrCtcTask
+
+    # one frame: blank 0.6, token 5 0.4 -> nothing without a penalty; a penalty of log 2 halves blank (0.3 < 0.4)
+    probs = torch.full((1, 1, 8), 1e-9)
+    probs[0, 0, 0], probs[0, 0, 5] = 0.6, 0.4
+    log_probs = probs.log().log_softmax(-1)
+
+    def model(feats, lens):
+        return log_probs, torch.tensor([1])
+
+    batch = {"features": torch.zeros(1, 10, 80), "feature_lens": torch.tensor([10])}
+    for method in ("ctc-greedy-search", "ctc-prefix-beam-search"):
+        args = SimpleNamespace(decoding_method=method, beam_size=4, blank_penalty=0.0)
+        assert CrCtcTask.decode(model, batch, args) == [[]]
+        args.blank_penalty = math.log(2.0)
+        assert CrCtcTask.decode(model, batch, args) == [[5]]

@@ -126,9 +126,10 @@ def test_failed_kernel_falls_back_to_pytorch(monkeypatch):
         def swoosh(self, *args):
             raise RuntimeError("no GPU compiler")
 
-    monkeypatch.setattr(fused, "_TRITON", Broken())
+    monkeypatch.setattr(fused.TRITON, "kernels", Broken())
     assert fused._run_triton("swoosh", torch.zeros(1)) is None
-    assert fused._TRITON is False  # disabled for the rest of the run, with a warning
+    assert fused.TRITON.kernels is False  # disabled for the rest of the run, with a warning
+    assert not fused.triton_enabled(torch.zeros(1))
 
 
 if __name__ == "__main__":

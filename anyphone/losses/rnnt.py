@@ -22,11 +22,12 @@ Only the "regular" RNN-T topology (several symbols per frame) is implemented.
 from __future__ import annotations
 
 import logging
-import os
 from types import SimpleNamespace
 
 import torch
 from torch import Tensor
+
+from anyphone.utils import LazyKernels
 
 __all__ = [
     "do_rnnt_pruning",
@@ -163,20 +164,8 @@ def _edge_posteriors(X: Tensor, Y: Tensor, alpha: Tensor, end_d: Tensor, end_s: 
 # diagonal, which is launch-bound on a GPU; these run a whole utterance's loop in one program.
 # --------------------------------------------------------------------------------------------
 
-_TRITON: object = None  # None: not tried yet; False: unavailable; else the module
-
-
 def _use_triton(x: Tensor) -> bool:
-    global _TRITON
-    if not x.is_cuda or os.environ.get("ANYPHONE_RNNT_TRITON", "1") == "0" or x.shape[2] > 8192:
-        return False
-    if _TRITON is None:
-        try:
-            _TRITON = _build_triton_kernels()
-        except (ImportError, AttributeError, RuntimeError) as e:  # the torch loops still work
-            _LOG.info(f"{_FILE}: Triton kernels unavailable ({e}); using the PyTorch loops")
-            _TRITON = False
-    return _TRITON is not False
+    return x.shape[2] <= 8192 and _TRITON.available(x)
 
 
 def _build_triton_kernels() -> SimpleNamespace:
@@ -246,14 +235,14 @@ def _build_triton_kernels() -> SimpleNamespace:
 
 
 def _triton_call(name: str, *args: Tensor):
-    """Run a Triton kernel wrapper; on a compile/launch failure disable Triton and return None."""
-    global _TRITON
-    try:
-        return getattr(_TRITON, name)(*args) if name == "mi_forward" else (getattr(_TRITON, name)(*args) or True)
-    except Exception as e:  # noqa: BLE001 - any compiler/driver error: fall back to the torch loops
-        _LOG.warning(f"{_FILE}: Triton kernel {name} failed ({e}); using the PyTorch loops")
-        _TRITON = False
+    """A kernel's result (True for ``gamma``, which fills its output in place), or None after a failure."""
+    ok, out = _TRITON.call(name, *args)
+    if not ok:
         return None
+    return out if name == "mi_forward" else True
+
+
+_TRITON = LazyKernels(_build_triton_kernels, "ANYPHONE_RNNT_TRITON", _FILE)
 
 
 def _mutual_information(

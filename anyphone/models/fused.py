@@ -17,8 +17,6 @@ Used only by training code paths: inference and export run plain PyTorch (see ``
 
 from __future__ import annotations
 
-import logging
-import os
 import random
 from types import SimpleNamespace
 
@@ -26,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-_LOG = logging.getLogger(__name__)
+from anyphone.utils import LazyKernels
 
 # (shift, offset) of swoosh(x) = log(1 + exp(x - shift)) - 0.08 * x - offset
 SWOOSH = {"SwooshL": (4.0, 0.035), "SwooshR": (1.0, 0.313261687)}
@@ -36,32 +34,15 @@ SWOOSH_SLOPE = 0.08
 DERIV_LO, DERIV_HI = -0.08, 0.925
 _Q_SCALE = 255.0 / (DERIV_HI - DERIV_LO)
 
-_TRITON: object = None  # None: not tried yet; False: unavailable or failed; else the kernels
-
-
 def triton_enabled(x: Tensor) -> bool:
     """Whether the Triton kernels serve tensors like ``x`` (CUDA, Triton importable, not disabled)."""
-    global _TRITON
-    if not x.is_cuda or os.environ.get("ANYPHONE_TRITON", "1") == "0":
-        return False
-    if _TRITON is None:
-        try:
-            _TRITON = build_triton_kernels()
-        except (ImportError, AttributeError, RuntimeError) as e:  # the PyTorch formulas still work
-            _LOG.info(f"fused: Triton kernels unavailable ({e}); using PyTorch ops")
-            _TRITON = False
-    return _TRITON is not False
+    return TRITON.available(x)
 
 
 def _run_triton(name: str, *args):
-    """Run a Triton wrapper; on any compiler or driver error fall back to PyTorch for the rest of the run."""
-    global _TRITON
-    try:
-        return getattr(_TRITON, name)(*args)
-    except Exception as e:  # noqa: BLE001 - any Triton failure: the PyTorch formula computes the same thing
-        _LOG.warning(f"fused: Triton kernel {name} failed ({e}); using PyTorch ops from now on")
-        _TRITON = False
-        return None
+    """A Triton launcher's result, or None after a failure (then PyTorch serves the rest of the run)."""
+    ok, out = TRITON.call(name, *args)
+    return out if ok else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,3 +264,6 @@ def _inner_size(shape: torch.Size, dim: int) -> int:
     for s in shape[dim + 1 :]:
         size *= s
     return size
+
+
+TRITON = LazyKernels(build_triton_kernels, "ANYPHONE_TRITON", "anyphone.models.fused")
