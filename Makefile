@@ -3,6 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.anyphone-installed
+TEST_STAMP := $(VENV)/.anyphone-test-installed
 NJOBS ?= 2
 
 .PHONY: demo demo-transducer test install lint clean-demo
@@ -17,7 +18,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Triton (about 290 MB) only for the tests: they run the GPU kernels in its CPU interpreter; the demo needs none
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,kernel-tests]' || echo "Triton not installed: its kernel tests will be skipped"
+	@touch $@
+
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q -x --durations=15 tests
 
 lint: $(STAMP)
