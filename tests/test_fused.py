@@ -80,10 +80,11 @@ def test_custom_ops_trace_as_single_ops():
     assert torch.ops.anyphone.swoosh_and_derivative.default in targets
 
 
-def check_triton_kernels(dtype: torch.dtype) -> None:
-    """The Triton kernels against the PyTorch path; run in a process started with TRITON_INTERPRET=1."""
+def check_triton_kernels(dtype: torch.dtype, device: str = "cpu") -> None:
+    """The Triton kernels against the PyTorch path; on the CPU, in a process started with TRITON_INTERPRET=1."""
     kernels = fused.build_triton_kernels()
     torch.manual_seed(0)
+    torch.set_default_device(device)
     x = (torch.randn(37, 5, 29) * 6).to(dtype)
     # one bfloat16 rounding step of the largest value, where the two paths may round differently
     tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 0.13, "rtol": 8e-3}
@@ -119,6 +120,15 @@ def test_triton_kernels_match_pytorch(dtype):
     run = subprocess.run([sys.executable, __file__, dtype], env=env, capture_output=True, text=True, timeout=300,
                          check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_kernels_on_the_gpu(dtype):
+    try:
+        check_triton_kernels(dtype, "cuda")
+    finally:
+        torch.set_default_device(None)
 
 
 def test_failed_kernel_falls_back_to_pytorch(monkeypatch):

@@ -177,15 +177,17 @@ def build_triton_kernels() -> SimpleNamespace:
         z = x - shift
         e = tl.exp(-tl.abs(z))  # stable softplus and sigmoid from one exp
         y = tl.maximum(z, 0.0) + tl.log(1.0 + e) - slope * x - offset
+        m = tl.full([BLOCK], 1.0, tl.float32)  # defined on both paths of the compile-time branch below
         if MASK:
             # the mask has size 1 in one dimension: `shared` of x's size there, `inner` elements after it
             m = tl.load(M + (offs // (inner * shared)) * inner + offs % inner, mask=inside, other=0.0)
-            y = y.to(Y.dtype.element_ty).to(tl.float32) * m.to(tl.float32)
+            m = m.to(tl.float32)
+            y = y.to(Y.dtype.element_ty).to(tl.float32) * m  # round first, as the PyTorch path does
         tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=inside)
         if DERIV:
             d = tl.where(z >= 0, 1.0, e) / (1.0 + e) - slope
             if MASK:
-                d = d.to(D.dtype.element_ty).to(tl.float32) * m.to(tl.float32)
+                d = d.to(D.dtype.element_ty).to(tl.float32) * m
             if QUANT:
                 noise = tl.rand(seed, offs.to(tl.int32))
                 q = tl.minimum(tl.maximum((d - lo) * q_scale + noise, 0.0), 255.0)
