@@ -21,7 +21,7 @@ lr_epochs=4
 cooldown_fraction=0.2
 save_every_n=150
 avg=1
-blank_penalty=""  # decode: subtracted from blank's log-prob; default 0.5 for CR-CTC (chosen on dev), 0 else
+blank_penalty=""  # decode: subtracted from blank's score; default 0.5 for CR-CTC, 1.0 for the transducer (chosen on dev)
 use_bf16=auto   # auto: bfloat16 autocast where the CPU computes it natively (AVX512-BF16 or AMX), else fp32
 hours=3
 languages=default
@@ -42,7 +42,7 @@ start=$(date +%s)
 case "$recipe" in
   zipformer_crctc) method=ctc-prefix-beam-search; blank_penalty=${blank_penalty:-0.5}
     task_flags=(--time-mask-ratio 1.0 --cr-start-batch "$cr_start_batch") ;;
-  zipformer_transducer) method=greedy_search; blank_penalty=${blank_penalty:-0}
+  zipformer_transducer) method=greedy_search; blank_penalty=${blank_penalty:-1.0}
     task_flags=(--warm-step 300 --enable-model-spec-aug 0) ;;
   *) echo "run_demo.sh: --recipe must be zipformer_crctc or zipformer_transducer, got $recipe" >&2; exit 1 ;;
 esac
