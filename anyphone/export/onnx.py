@@ -53,6 +53,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from anyphone.models.fused import SWOOSH, SWOOSH_SLOPE
+
 __all__ = [
     "CtcExportWrapper",
     "DecoderExportWrapper",
@@ -153,10 +155,8 @@ def _rel_attn_weights_forward(
     return scores.softmax(dim=-1)
 
 
-# SwooshL / SwooshR constants (shift, offset) and slope: k2's definitions, fixed by ZIPA compatibility
-_SWOOSH_L = (4.0, 0.035)
-_SWOOSH_R = (1.0, 0.313261687)
-_SWOOSH_SLOPE = 0.08
+# SwooshL / SwooshR (shift, offset) and slope: the model's own constants (k2's, fixed by ZIPA compatibility)
+_SWOOSH_L, _SWOOSH_R = SWOOSH["SwooshL"], SWOOSH["SwooshR"]
 
 
 def _swoosh_onnx(x: Tensor, shift: float, offset: float) -> Tensor:
@@ -166,7 +166,7 @@ def _swoosh_onnx(x: Tensor, shift: float, offset: float) -> Tensor:
     xf = x.float()
     z = xf - shift
     sp = torch.relu(z) + torch.log(1.0 + torch.exp(-torch.abs(z)))
-    return (sp - _SWOOSH_SLOPE * xf - offset).to(x.dtype)
+    return (sp - SWOOSH_SLOPE * xf - offset).to(x.dtype)
 
 
 def _swoosh_l_forward(self, x: Tensor) -> Tensor:

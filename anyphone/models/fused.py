@@ -34,6 +34,7 @@ SWOOSH_SLOPE = 0.08
 DERIV_LO, DERIV_HI = -0.08, 0.925
 _Q_SCALE = 255.0 / (DERIV_HI - DERIV_LO)
 
+
 def triton_enabled(x: Tensor) -> bool:
     """Whether the Triton kernels serve tensors like ``x`` (CUDA, Triton importable, not disabled)."""
     return TRITON.available(x)

@@ -564,16 +564,6 @@ def _centred_groups(x: Tensor, num_groups: int) -> Tensor:
     return xg - xg.mean(dim=1, keepdim=True)
 
 
-def _whitening_metric(x: Tensor, num_groups: int) -> Tensor:
-    """>= 1; equals 1 when each group's centred covariance is a multiple of I (same for all groups)."""
-    xc = _centred_groups(x, num_groups)
-    cov = torch.matmul(xc.transpose(1, 2), xc)  # (groups, cpg, cpg)
-    k = cov.shape[0] * cov.shape[1]
-    mean_diag = torch.diagonal(cov, dim1=1, dim2=2).sum() / k
-    mean_sq = (cov**2).sum() / k
-    return mean_sq / (mean_diag**2 + 1.0e-20)
-
-
 class _WhitenFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, module: Whiten) -> Tensor:

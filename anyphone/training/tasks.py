@@ -11,6 +11,7 @@ The training loop (`anyphone.training.loop`) and the decode service (`anyphone.d
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 from torch import nn
@@ -129,8 +130,6 @@ class CrCtcTask:
     @staticmethod
     @torch.no_grad()
     def decode(model, batch: dict, args) -> list[list[int]]:
-        import math
-
         from anyphone.decoding.ctc import apply_blank_scale, ctc_greedy_search, ctc_prefix_beam_search
 
         log_probs, out_lens = model(batch["features"], batch["feature_lens"])
