@@ -222,3 +222,26 @@ def test_recipe_blank_penalty_lets_a_weaker_phone_through():
         assert CrCtcTask.decode(model, batch, args) == [[]]
         args.blank_penalty = math.log(2.0)
         assert CrCtcTask.decode(model, batch, args) == [[5]]
+        args.blank_penalty = 1000.0  # far past float range as a scale (exp(1000)); fine in the log domain
+        assert CrCtcTask.decode(model, batch, args) == [[5]]
+
+
+def test_blank_penalty_flag_refuses_non_finite_values(capsys):
+    import argparse
+
+    from anyphone.decoding.ctc import apply_blank_penalty
+    from anyphone.decoding.run import add_decode_arguments
+
+    parser = argparse.ArgumentParser(prog="decode.py")
+    add_decode_arguments(parser)
+    assert parser.parse_args(["--blank-penalty", "-0.5"]).blank_penalty == -0.5
+    for bad in ("nan", "inf", "lots"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--blank-penalty", bad])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "--blank-penalty" in err and f"expected a finite number, got '{bad}'" in err
+    with pytest.raises(ValueError, match="finite"):
+        apply_blank_penalty(torch.zeros(1, 3), math.nan)
+    # the scale form is the same operation: emit = exp(penalty)
+    lp = torch.randn(4, 6).log_softmax(-1)
+    torch.testing.assert_close(apply_blank_penalty(lp, 0.7), apply_blank_scale(lp, math.exp(0.7)))

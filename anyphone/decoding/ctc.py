@@ -366,10 +366,20 @@ def apply_blank_scale(log_probs: torch.Tensor, emit: float, blank_id: int = 0) -
     """
     if not emit > 0:
         raise ValueError(f"apply_blank_scale: emit={emit}, expected a positive number")
-    if emit == 1.0:
+    return apply_blank_penalty(log_probs, math.log(emit), blank_id)
+
+
+def apply_blank_penalty(log_probs: torch.Tensor, penalty: float, blank_id: int = 0) -> torch.Tensor:
+    """icefall's ``--blank-penalty``: ``log_probs[..., blank] -= penalty``, then log-softmax (a new tensor).
+
+    The log-domain form of :func:`apply_blank_scale` (``penalty = log(emit)``); > 0 emits more phones.
+    """
+    if not math.isfinite(penalty):
+        raise ValueError(f"apply_blank_penalty: penalty={penalty}, expected a finite number")
+    if penalty == 0.0:
         return log_probs.clone()
     out = log_probs.clone()
-    out[..., blank_id] -= math.log(emit)
+    out[..., blank_id] -= penalty
     return out.log_softmax(dim=-1)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -19,6 +20,16 @@ from torch import nn
 from anyphone.training.loop import str2bool
 
 log = logging.getLogger("anyphone.decode")
+
+
+def _finite_float(value: str) -> float:
+    try:
+        out = float(value)
+    except ValueError:
+        out = math.nan
+    if not math.isfinite(out):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return out
 
 
 def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +53,7 @@ def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
                    "transducer: greedy_search | modified_beam_search (default: the greedy one)")
     g.add_argument("--beam-size", type=int, default=4)
     g.add_argument("--max-sym-per-frame", type=int, default=1)
-    g.add_argument("--blank-penalty", type=float, default=0.0,
+    g.add_argument("--blank-penalty", type=_finite_float, default=0.0,
                    help="Subtracted from the blank's log-probability (CTC) or logit (transducer) before the "
                         "search; > 0 emits more phones, against deletions. Tune it on a dev set.")
     g.add_argument("--pfer", type=str2bool, default=True, help="Also compute PanPhon feature error rates.")

@@ -11,7 +11,6 @@ The training loop (`anyphone.training.loop`) and the decode service (`anyphone.d
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 from torch import nn
@@ -130,12 +129,12 @@ class CrCtcTask:
     @staticmethod
     @torch.no_grad()
     def decode(model, batch: dict, args) -> list[list[int]]:
-        from anyphone.decoding.ctc import apply_blank_scale, ctc_greedy_search, ctc_prefix_beam_search
+        from anyphone.decoding.ctc import apply_blank_penalty, ctc_greedy_search, ctc_prefix_beam_search
 
         log_probs, out_lens = model(batch["features"], batch["feature_lens"])
         penalty = getattr(args, "blank_penalty", 0.0)
         if penalty:
-            log_probs = apply_blank_scale(log_probs, math.exp(penalty))  # blank is id 0, as in ZIPA
+            log_probs = apply_blank_penalty(log_probs, penalty)  # blank is id 0, as in ZIPA
         if args.decoding_method == "ctc-greedy-search":
             return ctc_greedy_search(log_probs, out_lens)
         if args.decoding_method == "ctc-prefix-beam-search":
