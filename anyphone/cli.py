@@ -12,15 +12,23 @@
 ``python -m anyphone.cli ...`` works too. Errors are one line on stderr; the exit status is 0 on success, 1 when
 any input failed, 2 for bad options or a model that cannot be loaded.
 
-Input problems (missing, empty or non-audio files, NaN/inf samples) are reported per file, the other files are
-still recognised, and the failures are listed at the end. Digitally silent files are not failures: they give an
-empty phone string and a note on stderr.
+Input problems (missing, empty or non-audio files, dangling links, implausible sample rates, NaN/inf samples,
+missing lines of a list file) are reported per file, the other files are still recognised, and the failures are
+listed at the end. Digitally silent files are not failures: they give an empty phone string and a note on
+stderr; a truncated file is decoded as far as it goes, with a note. File names are printed escaped
+(``anyphone.inference.audio.escape_name``: tab, newline and bytes that are not UTF-8 become ``\\t``, ``\\n``,
+``\\xNN``), so each result stays one TSV line.
+
+``-o`` is refused, before anything is opened, when it names a folder or one of the inputs (audio, list, model,
+prior, tokens). It is written to a temporary file beside it and renamed into place when complete, so a reader
+sees the old file or the whole new one, and two runs writing one ``-o`` each leave a whole result (the last
+rename wins). A run stopped part-way (Ctrl-C, an unexpected error) leaves ``-o`` as it was and keeps what it
+had decoded in ``<output>.partial``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
@@ -51,6 +59,13 @@ def _positive_float(v: str) -> float:
     if not 0 < x < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {v!r}")
     return x
+
+
+def _printable(msg: str) -> str:
+    """``msg`` on one printable line: control characters and bytes that are not UTF-8 (in file names) escaped."""
+    from anyphone.inference.audio import escape_name
+
+    return escape_name(msg).replace("\\\\", "\\")
 
 
 class _Failure(Exception):
@@ -90,26 +105,88 @@ def _plot_path(plot: str, name: str, many: bool) -> Path:
     return p.with_name(f"{p.stem}-{stem}{p.suffix or '.png'}")
 
 
+def _output_conflicts(args: argparse.Namespace, files: list[Path]) -> list[Path]:
+    """Every path that ``-o``/``--plot`` must not overwrite: audio and list inputs, the model, prior and tokens."""
+    keep = list(files) + [Path(s).expanduser() for s in args.input if not Path(s).expanduser().is_dir()]
+    model = Path(args.model).expanduser()
+    if model.is_dir():  # an exp dir or a folder of ONNX files: its files, not the folder (-o may go inside)
+        keep += [q for q in model.iterdir() if q.is_file()]
+    elif model.exists():
+        keep.append(model)
+    keep += [Path(x).expanduser() for x in (args.prior, args.tokens) if x]
+    return keep
+
+
+def _check_outputs(args: argparse.Namespace, files: list[Path], names: list[str], many: bool) -> Path | None:
+    """Refuse, before anything is opened or loaded, an -o or --plot that is a folder or would overwrite an input;
+    create -o's folder. Returns the -o path (None: stdout)."""
+    from anyphone.fileio import OutputError, check_output_path
+
+    inputs = _output_conflicts(args, files)
+    out = None
+    try:
+        if args.output:
+            out = Path(args.output).expanduser()
+            if not out.is_dir():
+                try:
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise _Failure(f"{out}: cannot create its folder {out.parent} ({e.strerror})", 2) from None
+            check_output_path(out, inputs)
+        if args.plot:
+            plots = {_plot_path(args.plot, n, many) for n in names} if many else {Path(args.plot)}
+            for png in sorted(plots):
+                check_output_path(png, [*inputs, *([out] if out else [])])
+    except OutputError as e:
+        raise _Failure(str(e), 2) from None
+    return out
+
+
 def cmd_recognize(args: argparse.Namespace) -> int:
+    from anyphone.fileio import atomic_write, atomic_write_text
     from anyphone.inference.audio import AudioError, expand_inputs
 
+    failed: list[AudioError] = []  # list lines that name no file, dangling links: reported with the others
     try:
-        files = expand_inputs(args.input, recursive=args.recursive)
+        files = expand_inputs(args.input, recursive=args.recursive, failures=failed)
     except AudioError as e:
         raise _Failure(str(e), 1) from None
     # a folder is listed sorted by name by expand_inputs; several -i keep their order
-    many = len(files) > 1 or any(Path(s).expanduser().is_dir() for s in args.input) or any(
+    many = len(files) + len(failed) > 1 or any(Path(s).expanduser().is_dir() for s in args.input) or any(
         Path(s).suffix.lower() in (".txt", ".lst", ".list", ".scp") for s in args.input)
-    rec = _load(args)
     names = _display_names(files, args.input)
-    if args.output:
-        Path(args.output).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") if args.output else contextlib.nullcontext(sys.stdout) as out:
-        return _recognize_loop(args, rec, files, names, many, out)
+    out_path = _check_outputs(args, files, names, many)
+    rec = _load(args) if files else None
+    done: list[str] = []  # what has been decoded, for <output>.partial should the run stop part-way
+    try:
+        if out_path is None:
+            return _recognize_loop(args, rec, files, names, many, sys.stdout, failed)
+        with atomic_write(out_path) as out:
+            return _recognize_loop(args, rec, files, names, many, out, failed, done)
+    except (Exception, KeyboardInterrupt) as e:
+        if done:
+            partial = out_path.with_name(out_path.name + ".partial")
+            try:
+                atomic_write_text(partial, "".join(done))
+                print(f"anyphone: {len(done)} result(s) decoded before the run stopped are in "
+                      f"{_printable(str(partial))}; {_printable(str(out_path))} was left as it was", file=sys.stderr)
+            except OSError:
+                pass
+        if isinstance(e, (_Failure, BrokenPipeError)):
+            raise
+        if isinstance(e, OSError):
+            where = e.filename if e.filename is not None else out_path or "<stdout>"
+            raise _Failure(f"{where}: cannot write ({e.strerror or e})", 1) from None
+        if isinstance(e, (RuntimeError, MemoryError)) and not args.verbose:  # e.g. out of memory; -v: traceback
+            raise _Failure(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, 1) from None
+        raise
 
 
-def _recognize_loop(args: argparse.Namespace, rec, files: list[Path], names: list[str], many: bool, out) -> int:
+def _recognize_loop(args: argparse.Namespace, rec, files: list[Path], names: list[str], many: bool, out,
+                    failed: list | None = None, done: list[str] | None = None) -> int:
     from tqdm import tqdm
+
+    from anyphone.inference.audio import escape_name
 
     bar = tqdm(total=len(files), unit="file", file=sys.stderr, disable=True if (args.quiet or len(files) < 2)
                else None, dynamic_ncols=True, desc="recognizing")
@@ -121,38 +198,44 @@ def _recognize_loop(args: argparse.Namespace, rec, files: list[Path], names: lis
             bar.write(f"anyphone: {msg}", file=sys.stderr)
 
     failures: list[str] = []
+    for e in failed or []:
+        failures.append(_printable(str(e)))
+        note(f"error: {failures[-1]}")
     silent = 0
     try:
         results = rec.recognize_many(files, lang=args.lang, topk=args.topk, timestamp=args.timestamp,
-                                     emit=args.emit, prior=args.prior, keep_posteriors=bool(args.plot))
+                                     emit=args.emit, prior=args.prior,
+                                     keep_posteriors=bool(args.plot)) if files else []
         for (path, res), name in zip(results, names):
             bar.update(1)
             if isinstance(res, Exception):
                 msg = str(res).splitlines()[0] if str(res) else type(res).__name__
-                failures.append(msg)
-                note(f"error: {msg}")
+                failures.append(_printable(msg))
+                note(f"error: {failures[-1]}")
                 continue
             for n_ in res.notes:
-                note(f"{path}: {n_}")
+                note(f"{escape_name(path)}: {n_}")
             silent += res.silent
             text = res.format()
             if many:
                 lines = text.split("\n") if text else [""]
-                text = "\n".join(f"{name}\t{line}" for line in lines)
+                text = "\n".join(f"{escape_name(name)}\t{line}" for line in lines)
             print(text, file=out, flush=True)
+            if done is not None:
+                done.append(text + "\n")
             if args.plot:
                 from anyphone.inference.plot import plot_posteriorgram
 
                 png = plot_posteriorgram(res, _plot_path(args.plot, name, many))
                 if not args.quiet:
-                    note(f"wrote {png}")
+                    note(f"wrote {escape_name(png)}")
     except ValueError as e:  # bad options (prior file, language, ...)
         raise _Failure(str(e).splitlines()[0], 2) from None
     finally:
         bar.close()
     if failures:
         if many:
-            print(f"anyphone: {len(failures)} of {len(files)} file(s) failed:", file=sys.stderr)
+            print(f"anyphone: {len(failures)} of {len(files) + len(failed or [])} file(s) failed:", file=sys.stderr)
             for msg in failures:
                 print(f"  {msg}", file=sys.stderr)
         return 1
@@ -160,7 +243,7 @@ def _recognize_loop(args: argparse.Namespace, rec, files: list[Path], names: lis
 
 
 def _load(args: argparse.Namespace):
-    from anyphone.inference.api import load_model
+    from anyphone.inference.api import CheckpointShapeError, load_model
     from anyphone.inference.hub import ModelNotAvailableError, UnsafeCheckpointError
 
     if args.num_threads:
@@ -170,12 +253,137 @@ def _load(args: argparse.Namespace):
     try:
         return load_model(args.model, device=args.device, iter=args.iter, avg=args.avg, epoch=args.epoch,
                           tokens=args.tokens, revision=args.revision, batch_size=args.batch_size,
-                          chunk_seconds=args.chunk_seconds)
+                          chunk_seconds=args.chunk_seconds, config=getattr(args, "model_size", None))
+    except CheckpointShapeError as e:
+        # the API's message says config=; on the command line the knob is --model-size
+        if e.asked is None:
+            hint = "pass --model-size tiny|small|large, the size it was trained with"
+        elif e.asked == "config.json":
+            hint = "the config.json beside it does not describe it: fix or remove it, or pass --model-size"
+        else:
+            hint = f"--model-size {e.asked} is not the size it was trained with: drop it to infer the size"
+        raise _Failure(f"{e.path}: {e.detail}; {hint}", 2) from None
     except (ModelNotAvailableError, UnsafeCheckpointError, FileNotFoundError, ValueError, ImportError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if isinstance(e, ModelNotAvailableError) and "could not download" in msg:
             msg += f"; fetch it once while online with `anyphone download {args.model}`"
         raise _Failure(msg, 2) from None
+
+
+# --------------------------------------------------------------------------------------------------------
+# align
+
+
+_ALIGN_FORMATS = ("textgrid", "tsv", "ctm")
+
+
+def _align_formats(spec: str) -> list[str]:
+    fmts = [f.strip().lower() for f in spec.split(",") if f.strip()]
+    bad = [f for f in fmts if f not in _ALIGN_FORMATS]
+    if bad or not fmts:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(_ALIGN_FORMATS)}, "
+                                         f"got {spec!r}")
+    return fmts
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    """Align audio with its phones; see anyphone.alignment and anyphone.alignment.jobs for the inputs."""
+    from anyphone.alignment import (
+        AlignmentError,
+        align_log_probs,
+        espeak_voice_for,
+        parse_ipa,
+        text_to_transcript,
+    )
+    from anyphone.alignment.jobs import JobError, find_jobs
+    from anyphone.fileio import OutputError, atomic_write_text, check_output_path
+    from anyphone.inference.audio import AudioError
+
+    if args.phones is not None and args.text is not None:
+        raise _Failure("give --phones (IPA) or --text (with --lang), not both", 2)
+    if args.text is not None and not args.lang:
+        raise _Failure("--text needs --lang (the eSpeak NG voice that turns the text into phones)", 2)
+    ortho = bool(args.lang) and args.phones is None  # transcripts are text for eSpeak, else IPA
+    if ortho:
+        try:
+            voice = espeak_voice_for(args.lang)
+        except AlignmentError as e:
+            raise _Failure(str(e), 2) from None
+    try:
+        jobs = find_jobs(args.input, args.phones if args.phones is not None else args.text)
+    except JobError as e:
+        raise _Failure(str(e), 1) from None
+    out = Path(args.output).expanduser() if args.output else None
+    kind = out.suffix.lower() if out is not None else ""
+    fmts = args.format or (["tsv"] if out is None else ["textgrid"] if kind == ".textgrid"
+                           else [kind[1:]] if kind in (".tsv", ".ctm") else ["textgrid", "tsv"])
+    if out is None and "textgrid" in fmts:
+        raise _Failure("TextGrid output needs -o (a folder, or a .TextGrid file for one recording)", 2)
+    if kind == ".textgrid" and len(jobs) != 1:
+        raise _Failure(f"-o {out} is one TextGrid but the input has {len(jobs)} recordings; give a folder", 2)
+    try:
+        if out is not None and kind in (".textgrid", ".tsv", ".ctm"):
+            check_output_path(out, [j.audio for j in jobs])
+    except OutputError as e:
+        raise _Failure(str(e), 2) from None
+    rec = _load(args)
+    if rec.family != "crctc":
+        raise _Failure(f"{args.model}: alignment needs a CTC model (CR-CTC); this is a {rec.family}", 2)
+    failures: list[str] = []
+    tsv: list[str] = []
+    ctm: list[str] = []
+    many = len(jobs) > 1
+    for job in jobs:
+        if job.problem:
+            failures.append(_printable(job.problem))
+            print(f"anyphone: error: {failures[-1]}", file=sys.stderr)
+            continue
+        try:
+            if ortho:
+                transcript = text_to_transcript(job.transcript or "", voice, where=job.where)
+            else:
+                transcript = parse_ipa(job.transcript or "", where=job.where)
+            lp, duration = rec.frame_log_probs(job.audio)
+            ali = align_log_probs(lp, transcript, rec.tokenizer.token2id, rec.frame_shift,
+                                  blank_id=rec.tokenizer.blank_id, duration=duration, split=args.split,
+                                  max_share=args.max_share, where=str(job.audio))
+        except (AlignmentError, AudioError) as e:
+            failures.append(_printable(str(e).splitlines()[0]))
+            print(f"anyphone: error: {failures[-1]}", file=sys.stderr)
+            continue
+        tsv.append(ali.tsv(job.name, header=not tsv))
+        ctm.append(ali.ctm(job.name))
+        if out is not None and "textgrid" in fmts:
+            tg = out if kind == ".textgrid" else out / f"{job.name}.TextGrid"
+            ali.write_textgrid(tg)
+        if args.plot:
+            import numpy as np
+
+            from anyphone.inference.plot import plot_alignment
+
+            ali.posteriors, ali.id2token = np.exp(lp), list(rec.tokenizer.id2token)
+            ali.blank_id, ali.source = rec.tokenizer.blank_id, str(job.audio)
+            png = plot_alignment(ali, _plot_path(args.plot, job.name, many))
+            if not args.quiet:
+                print(f"anyphone: wrote {_printable(str(png))}", file=sys.stderr)
+    try:
+        if out is None:
+            sys.stdout.write("".join(ctm if fmts == ["ctm"] else tsv))
+        elif kind in (".tsv", ".ctm"):
+            atomic_write_text(out, "".join(tsv if kind == ".tsv" else ctm))
+        elif kind != ".textgrid":
+            for fmt, rows in (("tsv", tsv), ("ctm", ctm)):
+                if fmt in fmts:
+                    atomic_write_text(out / f"alignment.{fmt}", "".join(rows))
+    except OSError as e:
+        raise _Failure(f"{e.filename or out}: cannot write ({e.strerror or e})", 1) from None
+    if failures:
+        if many:
+            print(f"anyphone: {len(failures)} of {len(jobs)} recording(s) not aligned:", file=sys.stderr)
+            for msg in failures:
+                print(f"  {msg}", file=sys.stderr)
+        return 1
+    return 0
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -245,14 +453,17 @@ def _inv_call(fn, *a):
 
 
 def cmd_list_lang(args: argparse.Namespace) -> int:
+    """code, name, phone count and the source in use (custom, espeak or phoible; '+' lists the others)."""
     inv = _inventory()
     for code in inv.list_languages():
         try:
             info = inv.language_info(code)
         except inv.InventoryError:
-            info = {"name": code, "custom": True, "phones": 0}
+            info = {"name": code, "custom": True, "phones": 0, "source": "custom", "sources": ["custom"]}
         mark = " (custom)" if info.get("custom") else ""
-        print(f"{code}\t{info.get('name', code)}\t{info.get('phones', '?')} phones{mark}")
+        others = [s for s in info.get("sources", []) if s != info.get("source")]
+        source = info.get("source", "?") + "".join(f" +{s}" for s in others)
+        print(f"{code}\t{info.get('name', code)}\t{info.get('phones', '?')} phones{mark}\t{source}")
     return 0
 
 
@@ -334,7 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-k", "--topk", type=_positive_int, default=1,
                    help="Print the k most probable tokens with probabilities at each emitting frame.")
     r.add_argument("--timestamp", nargs="?", const=True, default=False, type=_str2bool,
-                   help="Print 'start duration phone' lines (seconds). --timestamp or --timestamp=true.")
+                   help="Print 'start end phone' lines (seconds): the recognised phones aligned to the audio, "
+                   "blank frames shared out between neighbours (see anyphone.alignment). --timestamp or "
+                   "--timestamp=true.")
     r.add_argument("-e", "--emit", type=_positive_float, default=1.0,
                    help="> 1 emits more phones, < 1 fewer (default 1.0).")
     r.add_argument("--prior", default=None, help="File of 'phone logprob' lines added to those tokens' scores.")
@@ -348,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--epoch", type=int, default=None, help="Exp dir: use epoch-EPOCH.pt (with --avg).")
     r.add_argument("--avg", type=int, default=None, help="Exp dir: number of checkpoints to average.")
     r.add_argument("--tokens", default=None, help="tokens.txt to use instead of the one beside the model.")
+    r.add_argument("--model-size", default=None, choices=["tiny", "small", "large"],
+                   help="Size preset of a .pth or exp dir model; normally told from its weights, needed only if "
+                   "that fails.")
     r.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of a published model.")
     r.add_argument("--plot", default=None, help="Draw the phone posteriorgram to this PNG (several inputs: "
                    "PNG-<name>.png each).")
@@ -367,7 +583,38 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("name")
     rm.set_defaults(func=cmd_remove_model)
 
-    sub.add_parser("list-lang", help="List languages with a phone inventory.").set_defaults(func=cmd_list_lang)
+    a = sub.add_parser("align", help="Align audio with its phones: start and end of each phone (and word).",
+                       description="Align audio with a known transcript: IPA phones, or text with --lang (turned "
+                       "into phones by eSpeak NG). Input: one audio file (transcript from --phones/--text or x.txt "
+                       "beside it), a folder of audio with .txt/.lab transcripts, or a Kaldi folder (wave + text). "
+                       "Output: Praat TextGrid, TSV and CTM.")
+    a.add_argument("-i", "--input", required=True, action="append", help="Audio file, folder, or Kaldi folder.")
+    a.add_argument("--phones", default=None, help="IPA transcript of the one input file (phones or words).")
+    a.add_argument("--text", default=None, help="Orthographic transcript of the one input file (needs --lang).")
+    a.add_argument("--lang", default=None, help="Transcripts are text in this language (ISO 639-3 or an eSpeak "
+                   "voice such as en-us), turned into phones with eSpeak NG; words get a tier.")
+    a.add_argument("-o", "--output", default=None, help="A folder (NAME.TextGrid each, alignment.tsv/.ctm), a "
+                   ".TextGrid file (one input), or a .tsv/.ctm file. Default: TSV on stdout.")
+    a.add_argument("--format", type=_align_formats, default=None,
+                   help="Comma-separated textgrid,tsv,ctm (default: from -o; textgrid,tsv for a folder).")
+    a.add_argument("-m", "--model", default=DEFAULT_MODEL, help="A CTC model (as for recognize).")
+    a.add_argument("--split", type=float, default=0.5,
+                   help="Share of the blank frames between two phones given to the first (default 0.5).")
+    a.add_argument("--max-share", type=float, default=0.1,
+                   help="Most seconds a phone is extended into blank frames on each side (default 0.1).")
+    a.add_argument("--plot", default=None, help="Draw the posteriorgram with phone and word tiers to this PNG "
+                   "(several inputs: PNG-<name>.png each).")
+    for flag, kw in (("--device", {"default": "auto"}), ("--batch-size", {"type": _positive_int, "default": 8}),
+                     ("--chunk-seconds", {"type": _positive_float, "default": 30.0}),
+                     ("--iter", {"type": int, "default": None}), ("--epoch", {"type": int, "default": None}),
+                     ("--avg", {"type": int, "default": None}), ("--tokens", {"default": None}),
+                     ("--revision", {"default": None}), ("--num-threads", {"type": int, "default": 0})):
+        a.add_argument(flag, help="As for recognize.", **kw)
+    a.add_argument("-q", "--quiet", action="store_true", help="No notes.")
+    a.set_defaults(func=cmd_align)
+
+    sub.add_parser("list-lang", help="List languages with a phone inventory (code, name, phones, source).")\
+        .set_defaults(func=cmd_list_lang)
     lp = sub.add_parser("list-phone", help="Print a language's phone inventory (all model phones without --lang).")
     lp.add_argument("--lang", default=None)
     lp.set_defaults(func=cmd_list_phone)
@@ -401,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except _Failure as e:
-        print(f"anyphone: error: {e}", file=sys.stderr)
+        print(f"anyphone: error: {_printable(str(e))}", file=sys.stderr)
         return e.code
     except KeyboardInterrupt:
         print("anyphone: interrupted", file=sys.stderr)

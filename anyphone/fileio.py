@@ -199,7 +199,7 @@ class DirLock:
                 os.unlink(self.path)
         self.held = False
 
-    def __enter__(self) -> DirLock:
+    def __enter__(self) -> DirLock:  # noqa: PYI034 - Self needs Python 3.11
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
@@ -217,3 +217,27 @@ def is_disk_full(e: BaseException) -> bool:
         e = e.__cause__ or e.__context__
         seen += 1
     return False
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """A temporary path beside ``path``, for writers that take a file name rather than a file object (ONNX
+    exporters, quantisers); when the block ends without an exception it is renamed onto ``path``, otherwise
+    removed. The name ends with ``suffix`` (default: ``path``'s own), for tools that look at the extension.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", suffix=path.suffix if suffix is None else suffix,
+                               dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:  # the writer may not have synced: the rename must not land before the data
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

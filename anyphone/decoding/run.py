@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import pickle
 from pathlib import Path
 
 import torch
@@ -69,13 +70,67 @@ def checkpoint_suffix(args: argparse.Namespace) -> str:
 
 
 def load_decoding_weights(args: argparse.Namespace, model: nn.Module) -> str:
-    """Load the weights that --iter/--epoch/--avg/--use-averaged-model/--checkpoint name; returns a label."""
+    """Load the weights that --iter/--epoch/--avg/--use-averaged-model/--checkpoint name; returns a label.
+
+    Every problem ends the program with one line (SystemExit) naming the file: a checkpoint that is missing,
+    corrupt or holds pickled objects other than tensors (refused, never unpickled), or weights of another shape
+    than the model flags give (with the first tensor that differs and the --model-size they look like).
+    """
+    from anyphone.inference.hub import UnsafeCheckpointError
     from anyphone.training.checkpoint import CheckpointMismatchError
 
     try:
         return _load_decoding_weights(args, model)
     except CheckpointMismatchError as e:
-        raise SystemExit(f"{e}; pass the model flags it was trained with (--model-size, ...)") from None
+        raise SystemExit(f"{e}; {_size_hint(getattr(e, 'state_dict', None))}") from None
+    except (UnsafeCheckpointError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(_first_line(e)) from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError, IndexError) as e:
+        # an averaging helper failed on a file it loaded: name the first one that does not load on its own
+        raise SystemExit(_first_line(_find_unreadable(args, e))) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = (e.args[0] if isinstance(e, KeyError) and e.args else str(e)).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _size_hint(state_dict) -> str:
+    """What to pass for weights that do not fit the model flags: the size preset they match, if any."""
+    if state_dict is not None:
+        try:
+            from anyphone.inference.api import config_from_state_dict
+
+            _, cfg, _ = config_from_state_dict(state_dict)
+            if cfg.name in ("tiny", "small", "large"):
+                return f"they are a {cfg.name} model: pass --model-size {cfg.name}"
+        except (ValueError, KeyError, RuntimeError, AssertionError):
+            pass  # no preset fits: the generic advice below
+    return "pass the model flags it was trained with (--model-size, --encoder-dim, ...)"
+
+
+def _candidates(args: argparse.Namespace) -> list[Path]:
+    """The checkpoint files --iter/--epoch (with --avg) may read, newest first."""
+    from anyphone.training import checkpoint as ckpt
+
+    exp = Path(args.exp_dir)
+    if args.iter > 0:
+        return [p for p in ckpt.find_checkpoints(exp) if _batch_of(p) <= args.iter]
+    numbers = range(args.epoch, max(args.epoch - args.avg, 1) - 1, -1)  # --use-averaged-model reads epoch - avg
+    return [exp / f"epoch-{i}.pt" for i in numbers if (exp / f"epoch-{i}.pt").is_file()]
+
+
+def _find_unreadable(args: argparse.Namespace, e: BaseException) -> BaseException:
+    from anyphone.inference.hub import UnsafeCheckpointError, load_state_dict
+
+    paths = [Path(args.checkpoint)] if args.checkpoint is not None else _candidates(args)
+    for p in paths:
+        try:
+            load_state_dict(p)
+        except (UnsafeCheckpointError, ValueError, FileNotFoundError) as problem:
+            return problem
+    where = args.checkpoint if args.checkpoint is not None else args.exp_dir
+    return ValueError(f"{where}: cannot load the checkpoints ({_first_line(e)})")
 
 
 def _load_decoding_weights(args: argparse.Namespace, model: nn.Module) -> str:
@@ -87,7 +142,7 @@ def _load_decoding_weights(args: argparse.Namespace, model: nn.Module) -> str:
         sd = load_state_dict(args.checkpoint)
         if isinstance(sd.get("model"), dict):
             sd = sd["model"]
-        ckpt.load_model_weights(model, sd, args.checkpoint)
+        _load_weights(model, sd, args.checkpoint)
         return str(args.checkpoint)
     exp = Path(args.exp_dir)
     if args.iter > 0:
@@ -104,6 +159,7 @@ def _load_decoding_weights(args: argparse.Namespace, model: nn.Module) -> str:
             sd = ckpt.average_two_averaged_models(start, end)
         else:
             sd = ckpt.average_checkpoints(names[: args.avg])
+        source = names[0] if args.avg == 1 else f"{names[0]} (averaged with --avg {args.avg})"
     else:
         if args.epoch <= 0:
             raise SystemExit("give --iter N or --epoch N (or --checkpoint FILE)")
@@ -121,8 +177,21 @@ def _load_decoding_weights(args: argparse.Namespace, model: nn.Module) -> str:
                 if not p.is_file():
                     raise SystemExit(f"--epoch {args.epoch} --avg {args.avg} needs {p}, which does not exist")
             sd = ckpt.average_checkpoints(paths)
-    ckpt.load_model_weights(model, sd, exp / checkpoint_suffix(args))
+        end = exp / f"epoch-{args.epoch}.pt"
+        source = end if args.avg == 1 else f"{end} (averaged with --avg {args.avg})"
+    _load_weights(model, sd, source)
     return checkpoint_suffix(args)
+
+
+def _load_weights(model: nn.Module, sd, source) -> None:
+    """load_model_weights, keeping the weights on a mismatch so the error can say which size they are."""
+    from anyphone.training.checkpoint import CheckpointMismatchError, load_model_weights
+
+    try:
+        load_model_weights(model, sd, source)
+    except CheckpointMismatchError as e:
+        e.state_dict = sd
+        raise
 
 
 def _batch_of(path: Path) -> int:

@@ -32,6 +32,9 @@ PFER (in percent)
 
 Both rates are micro-averages (errors summed over utterances before dividing). Per-language tables
 give the same quantities per language, and ``macro`` averages give each language equal weight.
+
+Result files are written atomically (:func:`anyphone.fileio.atomic_write`): a reader sees the previous file
+or the whole new one, never half of one.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import kaldialign
+
+from anyphone.fileio import atomic_write
 
 __all__ = [
     "ErrorStats",
@@ -314,7 +319,7 @@ def write_recogs(path: str | Path, results: Iterable[Sequence[str]]) -> None:
     The lists are Python reprs of the phone lists, as icefall's ``store_transcripts`` writes them.
     """
     rows = sorted((_normalise_result(r) for r in results), key=lambda r: r[0])
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         for cut_id, ref, hyp, _ in rows:
             print(f"{cut_id}:\tref={text_to_phones(ref)}", file=f)
             print(f"{cut_id}:\thyp={text_to_phones(hyp)}", file=f)
@@ -402,7 +407,7 @@ def write_errs(
         shown = _merge_successive_errors(ali) if combine_successive_errors else ali
         details.append(f"{cut_id}:\t" + " ".join(r if r == h else f"({r}->{h})" for r, h in shown))
 
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         print(f"%PER = {overall.per:.2f}", file=f)
         print(
             f"Errors: {overall.ins} insertions, {overall.dels} deletions, {overall.subs} substitutions, "
@@ -462,7 +467,7 @@ def write_summary(path: str | Path, table: Mapping[str, Mapping[str, float]], *,
     # PER, PFER first when present, others in order of appearance
     metrics.sort(key=lambda m: {"PER": 0, "PFER": 1}.get(m, 2))
     names = sorted(table, key=lambda n: (table[n].get("PER", float("inf")), n))
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         print("\t".join([key_name, *metrics]), file=f)
         for name in names:
             cells = [f"{table[name][m]:.2f}" if m in table[name] else "-" for m in metrics]
@@ -476,7 +481,7 @@ def write_language_table(path: str | Path, report: ScoreReport | Mapping[str, Er
     :class:`ScoreReport` is given, ``ALL`` (micro average) and ``MACRO`` (mean over languages) rows follow.
     """
     per_language = report.per_language if isinstance(report, ScoreReport) else dict(report)
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         print("language\tutts\tref_phones\tins\tdel\tsub\tPER\tPFER", file=f)
         for lang, st in sorted(per_language.items()):
             print(f"{lang or '-'}\t{st.num_utts}\t{st.ref_phones}\t{st.ins}\t{st.dels}\t{st.subs}\t"

@@ -31,6 +31,10 @@ Every model carries metadata (``model_type``, ``vocab_size``, ``frame_shift_ms``
 ``subsampling_factor``, ``sample_rate``, ``feature_dim``, ``context_size``, ``blank_id``, ...) so the
 runtime (``anyphone.inference.onnx_runtime``) needs no torch and no config file.
 
+Every file (the ONNX models, ``pretrained.pt``, ``tokens.txt``) is written under a temporary name in its
+folder and renamed into place once complete, metadata included: an export that is interrupted, or runs out
+of disk, leaves the previous files as they were and never a half-written model.
+
 Export notes.  A few code paths of the eager model are written for speed or for training and do not
 trace with symbolic shapes (``int(x_lens.max())`` checks, a cached positional-encoding table whose
 size depends on T, a Python ``if`` on the downsampling padding).  :func:`export_friendly` swaps in
@@ -53,6 +57,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from anyphone.fileio import atomic_path, atomic_write, atomic_write_bytes
 from anyphone.models.fused import SWOOSH, SWOOSH_SLOPE
 
 __all__ = [
@@ -287,7 +292,8 @@ class JoinerExportWrapper(nn.Module):
 
 
 def add_meta_data(path: str | Path, meta: dict[str, Any]) -> None:
-    """Store ``meta`` (values stringified) as ONNX metadata_props of the model at ``path``, in place."""
+    """Store ``meta`` (values stringified) as ONNX metadata_props of the model at ``path``, in place (atomically:
+    a reader sees the model before or after, never half of it)."""
     import onnx
 
     m = onnx.load(str(path))
@@ -299,7 +305,8 @@ def add_meta_data(path: str | Path, meta: dict[str, Any]) -> None:
         p = existing.get(k) or m.metadata_props.add()
         p.key = k
         p.value = v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
-    onnx.save(m, str(path))
+    with atomic_path(path) as tmp:
+        onnx.save(m, str(tmp))
 
 
 def _torch_export(
@@ -340,8 +347,9 @@ def _torch_export(
             optimize=True,
             verbose=False,
         )
-    # one self-contained file (the tiny..large models are all < 2 GB)
-    prog.save(str(path), external_data=False)
+    # one self-contained file (the tiny..large models are all < 2 GB), renamed into place once whole
+    with atomic_path(path) as tmp:
+        prog.save(str(tmp), external_data=False)
 
 
 def _example_features(feature_dim: int, batch: int = 2, frames: int = 200) -> tuple[Tensor, Tensor]:
@@ -467,7 +475,8 @@ def convert_to_fp16(
     # value_info carries stale float32 types; onnxruntime re-infers them
     del g.value_info[:]
     onnx.checker.check_model(m)
-    onnx.save(m, str(dst))
+    with atomic_path(dst) as tmp:
+        onnx.save(m, str(tmp))
 
 
 def quantize_int8(src: str | Path, dst: str | Path, weight_type: str = "QInt8", per_channel: bool = True) -> None:
@@ -485,33 +494,45 @@ def quantize_int8(src: str | Path, dst: str | Path, weight_type: str = "QInt8", 
     level = root.level
     root.setLevel(max(level, logging.WARNING))
     try:
-        quantize_dynamic(
-            model_input=str(src),
-            model_output=str(dst),
-            op_types_to_quantize=["MatMul", "Gemm"],
-            weight_type=qt,
-            per_channel=per_channel,
-        )
+        with atomic_path(dst) as tmp:
+            quantize_dynamic(
+                model_input=str(src),
+                model_output=str(tmp),
+                op_types_to_quantize=["MatMul", "Gemm"],
+                weight_type=qt,
+                per_channel=per_channel,
+            )
     finally:
         root.setLevel(level)
 
 
 def _variants(path: Path, fp16: bool, int8: bool) -> list[Path]:
-    """Write the requested fp16 / int8 siblings of the fp32 model at ``path``; returns all paths."""
-    add_meta_data(path, {"precision": "fp32"})
+    """Write the requested fp16 / int8 siblings of the fp32 model at ``path`` (which already carries its
+    metadata); returns all paths. Each file appears under its name only once complete, metadata included."""
     out = [path]
     if fp16:
         p16 = path.with_name(path.stem + ".fp16.onnx")
-        # BiasNorm's mean((x - b)^2) overflows float16 once |x| > 256; keep that reduction in float32
-        convert_to_fp16(path, p16, keep_fp32_ops=FP16_KEEP_FP32_OPS)
-        add_meta_data(p16, {"precision": "fp16"})
+        with atomic_path(p16) as tmp:
+            # BiasNorm's mean((x - b)^2) overflows float16 once |x| > 256; keep that reduction in float32
+            convert_to_fp16(path, tmp, keep_fp32_ops=FP16_KEEP_FP32_OPS)
+            add_meta_data(tmp, {"precision": "fp16"})
         out.append(p16)
     if int8:
         p8 = path.with_name(path.stem + ".int8.onnx")
-        quantize_int8(path, p8)
-        add_meta_data(p8, {"precision": "int8"})
+        with atomic_path(p8) as tmp:
+            quantize_int8(path, tmp)
+            add_meta_data(tmp, {"precision": "int8"})
         out.append(p8)
     return out
+
+
+def _export_whole(path: Path, export: Any, meta: dict[str, Any]) -> None:
+    """Run ``export(tmp)`` into a temporary file beside ``path``, add ``meta`` and rename it onto ``path``: an
+    interrupted export leaves the previous model (or none), never a half-written or metadata-less one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        export(tmp)
+        add_meta_data(tmp, {**meta, "precision": "fp32"})
 
 
 def _common_meta(cfg: Any, model_type: str, subsampling: int, vocab_size: int) -> dict[str, Any]:
@@ -555,16 +576,17 @@ def export_ctc_model(
     out_path = Path(out_path)
     wrapper = CtcExportWrapper(model).eval()
     x, lens = _example_features(cfg.feature_dim)
-    with export_friendly(wrapper):
-        _torch_export(
-            wrapper, (x, lens), out_path, ["x", "x_lens"], ["log_probs", "log_prob_lens"],
-            _feature_dynamic_shapes(), opset,
-        )
     vocab = int(model.ctc_output[1].out_features)
     meta = _common_meta(cfg, "ctc", 2, vocab)
     meta.update({"context_size": 0, "config": json.dumps(cfg.to_dict())})
     meta.update(extra_meta or {})
-    add_meta_data(out_path, meta)
+
+    def export(tmp: Path) -> None:
+        with export_friendly(wrapper):
+            _torch_export(wrapper, (x, lens), tmp, ["x", "x_lens"], ["log_probs", "log_prob_lens"],
+                          _feature_dynamic_shapes(), opset)
+
+    _export_whole(out_path, export, meta)
     return _variants(out_path, fp16, int8)
 
 
@@ -596,31 +618,34 @@ def export_transducer_model(
     enc = EncoderExportWrapper(model).eval()
     x, lens = _example_features(cfg.feature_dim)
     paths["encoder"] = out_dir / f"encoder{tag}.onnx"
-    with export_friendly(enc):
-        _torch_export(enc, (x, lens), paths["encoder"], ["x", "x_lens"], ["encoder_out", "encoder_out_lens"],
-                      _feature_dynamic_shapes(), opset)
+
+    def export_encoder(tmp: Path) -> None:
+        with export_friendly(enc):
+            _torch_export(enc, (x, lens), tmp, ["x", "x_lens"], ["encoder_out", "encoder_out_lens"],
+                          _feature_dynamic_shapes(), opset)
+
+    _export_whole(paths["encoder"], export_encoder, {**meta, "part": "encoder"})
 
     dim = torch.export.Dim
     dec = DecoderExportWrapper(model).eval()
     y = torch.tensor([[-1, 0], [3, 7], [9, 4]], dtype=torch.int64)[:, -context:] if context <= 2 else \
         torch.randint(0, vocab, (3, context))
     paths["decoder"] = out_dir / f"decoder{tag}.onnx"
-    _torch_export(dec, (y,), paths["decoder"], ["y"], ["decoder_out"],
-                  {"y": {0: dim("N", min=1, max=4096)}}, opset)
+    _export_whole(paths["decoder"], lambda tmp: _torch_export(dec, (y,), tmp, ["y"], ["decoder_out"],
+                                                              {"y": {0: dim("N", min=1, max=4096)}}, opset),
+                  {**meta, "part": "decoder"})
 
     join = JoinerExportWrapper(model).eval()
     e = torch.randn(3, joiner_dim)
     d = torch.randn(3, joiner_dim)
     nj = dim("N", min=1, max=1_000_000)
     paths["joiner"] = out_dir / f"joiner{tag}.onnx"
-    _torch_export(join, (e, d), paths["joiner"], ["encoder_out", "decoder_out"], ["logit"],
-                  {"encoder_out": {0: nj}, "decoder_out": {0: nj}}, opset)
+    _export_whole(paths["joiner"], lambda tmp: _torch_export(join, (e, d), tmp, ["encoder_out", "decoder_out"],
+                                                             ["logit"], {"encoder_out": {0: nj},
+                                                                         "decoder_out": {0: nj}}, opset),
+                  {**meta, "part": "joiner"})
 
-    out: dict[str, list[Path]] = {}
-    for part, p in paths.items():
-        add_meta_data(p, {**meta, "part": part})
-        out[part] = _variants(p, fp16, int8)
-    return out
+    return {part: _variants(p, fp16, int8) for part, p in paths.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -687,8 +712,6 @@ def _label(args) -> str:
 
 def export_main(args, model_type: str) -> dict[str, list[Path]]:
     """Load/average weights, write ``pretrained.pt`` (plain state_dict), tokens.txt and the ONNX files."""
-    import shutil
-
     from anyphone.decoding.run import load_decoding_weights
     from anyphone.models.presets import config_from_args
 
@@ -709,9 +732,10 @@ def export_main(args, model_type: str) -> dict[str, list[Path]]:
     model.eval()
     out_dir = Path(args.output_dir or args.exp_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out_dir / "pretrained.pt")
+    with atomic_write(out_dir / "pretrained.pt", "wb") as f:
+        torch.save(model.state_dict(), f)
     if tokens.resolve() != (out_dir / "tokens.txt").resolve():
-        shutil.copyfile(tokens, out_dir / "tokens.txt")
+        atomic_write_bytes(out_dir / "tokens.txt", tokens.read_bytes())
     log.info("Loaded %s (%s parameters); wrote %s", source, f"{sum(p.numel() for p in model.parameters()):,}",
              out_dir / "pretrained.pt")
     written: dict[str, list[Path]] = {}

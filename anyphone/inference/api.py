@@ -3,7 +3,7 @@
     from anyphone.inference.api import load_model
     rec = load_model("zipa-cr-small-500k")            # published name (downloaded once), .pth, exp dir, .onnx
     rec.recognize("sample.wav")                        # 'æ l u s ɔ ɹ s'
-    rec.recognize("sample.wav", timestamp=True)        # '0.210 0.020 æ\\n0.390 0.020 l\\n...'
+    rec.recognize("sample.wav", timestamp=True)        # '0.190 0.330 æ\\n0.330 0.450 l\\n...' (start end)
     rec.recognize("sample.wav", topk=3)                # 'æ (0.577) ɛ (0.128) <blk> (0.103) | l (0.754) ...'
     rec.inference([wave1, wave2])                      # ZIPA-style batch call on 16 kHz arrays -> list[str]
 
@@ -11,10 +11,13 @@ Output conventions (those of Allosaurus ``python -m allosaurus.run``):
 
 * plain: phones separated by single spaces; a phone is a base symbol plus its modifiers
   (:func:`anyphone.text.ipa.segment_phones`), so ``tʰ`` is one phone made of two model tokens;
-* ``timestamp=True``: one line per phone, ``start duration phone`` in seconds with 3 decimals. ``start`` is the
-  first encoder frame of the phone's first token (frame shift 20 ms for CR-CTC, 40 ms for transducers);
-  ``duration`` runs to the end of the last token's frame run (CTC: consecutive frames whose argmax is that
-  token; transducer: one frame);
+* ``timestamp=True``: one line per phone, ``start end phone`` in seconds with 3 decimals: how long the phone
+  lasts, not how wide its spike is. The recognised phones are aligned to the frames (for greedy CTC search the
+  decoded path is the Viterbi alignment of its own output; frame shift 20 ms for CR-CTC, 40 ms for
+  transducers, whose tokens take one frame each), each phone's core is its tokens' frame run, and the blank
+  frames between phones are shared out by the rule of :func:`anyphone.alignment.ctc.share_blanks` (half of a
+  gap to each neighbour, at most 0.1 s each; the rest of a longer gap is a pause). For the phones of a known
+  transcript use :meth:`PhoneRecognizer.align`;
 * ``topk=K`` (K > 1): for each emitting frame (one per model token, not per phone) the K most probable tokens
   of that frame, ``tok (0.577) tok (0.128) ...``, frames separated by `` | ``; ``<blk>`` may appear, as in
   Allosaurus. With ``timestamp=True`` as well, one line per frame: ``start duration tok (p) tok (p) ...``.
@@ -34,6 +37,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import unicodedata
 import warnings
@@ -46,7 +50,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from anyphone.inference.audio import DEFAULT_SILENCE_THRESHOLD, AudioError, iter_audio_chunks
+from anyphone.inference.audio import (
+    DEFAULT_SILENCE_THRESHOLD,
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    AudioError,
+    iter_audio_chunks,
+)
 from anyphone.models.presets import PRESETS, ZipformerConfig
 from anyphone.text.ipa import segment_phones
 from anyphone.text.tokenizer import IpaTokenizer
@@ -54,6 +64,7 @@ from anyphone.utils import state_dict_mismatch
 
 __all__ = [
     "DEFAULT_MODEL",
+    "CheckpointShapeError",
     "PhoneRecognizer",
     "PhoneSegment",
     "RecognitionResult",
@@ -96,6 +107,10 @@ class PhoneSegment:
     phone: str
     prob: float
 
+    @property
+    def end(self) -> float:
+        return round(self.start + self.duration, 6)
+
 
 @dataclass
 class RecognitionResult:
@@ -133,7 +148,7 @@ class RecognitionResult:
         if k <= 1:
             if not ts:
                 return self.text
-            return "\n".join(f"{s.start:.3f} {s.duration:.3f} {s.phone}" for s in self.segments)
+            return "\n".join(f"{s.start:.3f} {s.end:.3f} {s.phone}" for s in self.segments)
         frames = [" ".join(f"{tok} ({p:.3f})" for tok, p in t.candidates[:k]) for t in self.tokens]
         if not ts:
             return " | ".join(frames)
@@ -145,6 +160,21 @@ class RecognitionResult:
 
 # --------------------------------------------------------------------------------------------------------
 # model configuration from a state_dict
+
+
+class CheckpointShapeError(ValueError):
+    """Weights whose keys or shapes fit no Zipformer configuration, or not the one asked for.
+
+    ``path`` is the checkpoint, ``detail`` the problem (naming the first tensor that differs) and ``asked`` the
+    configuration that was asked for (None when it was inferred), so that each face can say what to pass: the
+    API ``config=``, the command line ``--model-size``.
+    """
+
+    def __init__(self, path: str | os.PathLike, detail: str, asked: str | None = None) -> None:
+        self.path = Path(path)
+        self.detail = detail
+        self.asked = asked
+        super().__init__(f"{path}: {detail}; pass config= (a preset name such as 'small', or a ZipformerConfig)")
 
 
 def _family_of(sd: Mapping[str, Any]) -> str:
@@ -400,6 +430,7 @@ class _Options:
     emit: float
     mask: Tensor | None  # (V,) bool allowed
     keep_posteriors: bool
+    constraint: Any = None  # anyphone.inventory.PhoneConstraint of ``lang``: whole inventory phones only
 
 
 def _num_enc_frames(num_samples: int, out_ds: int) -> int:
@@ -462,7 +493,9 @@ class PhoneRecognizer:
         Args:
             audio: a path (WAV/FLAC/OGG/MP3, any rate, stereo is mixed down) or a mono waveform (S,) float in
                 [-1, 1] (then ``sample_rate`` is required unless it is 16000).
-            lang: restrict the output to this language's inventory (ISO 639-3 or alias, see anyphone.inventory).
+            lang: restrict the output to whole phones of this language's inventory (ISO 639-3 or alias, or
+                ``phoible:xxx``; see anyphone.inventory): a phone of several tokens is allowed as a unit, never
+                its tokens in other combinations (top-k candidates too).
             topk, timestamp: output format (module docstring).
             emit: > 1 emits more phones, < 1 fewer (blank probability divided by ``emit``).
             prior: Allosaurus prior file or dict phone -> log-score added to that token.
@@ -498,6 +531,59 @@ class PhoneRecognizer:
         finally:
             self.batch_size = old
 
+    @torch.no_grad()
+    def frame_log_probs(self, audio: str | os.PathLike | np.ndarray | Tensor, sample_rate: int | None = None
+                        ) -> tuple[np.ndarray, float]:
+        """CTC log-posteriors of one recording, computed in the recogniser's windows (bounded memory; each window
+        keeps the frames of its own half of each overlap, as in recognition).
+
+        Returns:
+            (log_probs (T, V) float32 with frame t at ``t * frame_shift`` seconds, duration in seconds).
+        Raises:
+            AudioError: unreadable input. ValueError: a transducer model (no CTC output to align with).
+        """
+        if self.family != "crctc":
+            raise ValueError(f"{self.name}: alignment needs a CTC model (CR-CTC); this is a {self.family}")
+        meta: dict[str, Any] = {}
+        rows: list[np.ndarray] = []
+        batch: list[_Piece] = []
+
+        def run(pieces: list[_Piece]) -> None:
+            waves = [np.pad(p.samples, (0, max(0, _MIN_SAMPLES - len(p.samples)))) for p in pieces]
+            feats, feat_lens = _fbank(waves, self.device)
+            lp, lens = self._ctc_log_probs(feats, feat_lens)
+            for j, p in enumerate(pieces):
+                keep_to = min(p.keep_to, p.start + len(p.samples) / SAMPLE_RATE)
+                t = np.arange(int(lens[j]))
+                times = p.start + t * self.frame_shift
+                own = (times >= p.keep_from) & (times < keep_to)
+                rows.append(lp[j, : int(lens[j])][torch.from_numpy(own)].numpy())
+
+        for piece in self._pieces(0, audio, sample_rate, meta):
+            batch.append(piece)
+            if len(batch) >= self.batch_size:
+                run(batch)
+                batch = []
+        if batch:
+            run(batch)
+        vocab = self.tokenizer.vocab_size
+        lp = np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, vocab), dtype=np.float32)
+        return lp, float(meta.get("duration", lp.shape[0] * self.frame_shift))
+
+    def align(self, audio: str | os.PathLike | np.ndarray | Tensor, phones: str | Sequence[str] | None = None, *,
+              text: str | None = None, lang: str | None = None, sample_rate: int | None = None,
+              keep_posteriors: bool = False, **rule: float) -> Any:
+        """Where each phone of a known transcript starts and ends (:func:`anyphone.alignment.align`).
+
+        ``phones``: IPA; or ``text`` with ``lang`` (eSpeak NG turns it into phones, and words become a word
+        tier). ``rule``: ``split``/``max_share`` of the blank-sharing rule. Returns an
+        :class:`anyphone.alignment.Alignment`, whose iteration gives ``(phone, start, end)`` tuples.
+        """
+        from anyphone.alignment import align
+
+        return align(self, audio, phones, text=text, lang=lang, sample_rate=sample_rate,
+                     keep_posteriors=keep_posteriors, **rule)
+
     def recognize_many(self, inputs: Iterable[str | os.PathLike | np.ndarray | Tensor],
                        sample_rate: int | None = None, lang: str | None = None, topk: int = 1,
                        timestamp: bool = False, emit: float = 1.0,
@@ -519,7 +605,12 @@ class PhoneRecognizer:
             while pending and (all_ or len(pending) >= self.batch_size):
                 batch = pending[: self.batch_size]
                 del pending[: self.batch_size]
-                for piece, out in zip(batch, self._decode(batch, opts)):
+                try:
+                    decoded = self._decode(batch, opts)
+                except MemoryError:  # a batch mixes files: not one file's failure, so not an AudioError
+                    raise RuntimeError("out of memory decoding a batch of audio windows; try a smaller "
+                                       "batch_size or chunk_seconds") from None
+                for piece, out in zip(batch, decoded):
                     outs.setdefault(piece.utt, []).append((piece, out))
 
         def ready() -> Iterator[tuple[Any, RecognitionResult | AudioError]]:
@@ -543,7 +634,11 @@ class PhoneRecognizer:
                     pending.append(piece)
                     if len(pending) >= self.batch_size:
                         flush(False)
-            except AudioError as e:
+            except (AudioError, MemoryError) as e:
+                # one file too large for this machine to read fails alone; the others are still recognised
+                if isinstance(e, MemoryError):
+                    e = AudioError(item if isinstance(item, (str, os.PathLike)) else "<array>",
+                                   "not enough memory to decode it; try a smaller --chunk-seconds/--batch-size")
                 meta[idx]["error"] = e
                 pending[:] = [p for p in pending if p.utt != idx]
                 outs.pop(idx, None)
@@ -561,10 +656,17 @@ class PhoneRecognizer:
         vocab = self.tokenizer.vocab_size
         prior_ids = read_prior(prior, self.tokenizer.token2id)
         mask = None
+        constraint = None
         if lang:
-            from anyphone.inventory import inventory_token_mask
+            from anyphone.inventory import PhoneConstraint, inventory_token_mask
 
             allowed, missing = inventory_token_mask(lang, self.tokenizer.id2token)
+            # the token mask removes tokens no phone uses; the constraint (an automaton, built once per
+            # language) lets the search emit tokens only as parts of whole inventory phones
+            cache = self.__dict__.setdefault("_constraints", {})
+            if lang not in cache:
+                cache[lang] = PhoneConstraint(lang, self.tokenizer.id2token)
+            constraint = cache[lang]
             if missing and lang not in self._warned_langs:
                 self._warned_langs.add(lang)
                 log.warning("lang %s: %d inventory phone(s) this model cannot produce: %s", lang, len(missing),
@@ -579,7 +681,7 @@ class PhoneRecognizer:
             adjust[self.tokenizer.blank_id] -= math.log(emit)
             if mask is not None:
                 adjust[~mask] = float("-inf")
-        return _Options(int(topk), adjust, prior_ids, float(emit), mask, keep_posteriors)
+        return _Options(int(topk), adjust, prior_ids, float(emit), mask, keep_posteriors, constraint)
 
     # ---- input windows --------------------------------------------------------------------------------
     def _pieces(self, idx: int, item, sample_rate: int | None, meta: dict[str, Any]) -> Iterator[_Piece]:
@@ -599,6 +701,8 @@ class PhoneRecognizer:
         else:
             wave = _as_wave(item, meta)
             sr = SAMPLE_RATE if sample_rate is None else int(sample_rate)
+            if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:  # the resampler would need sr-sized buffers
+                raise AudioError("<array>", f"sample_rate={sr} Hz, expected {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}")
             if sr != SAMPLE_RATE:
                 import scipy.signal
 
@@ -682,6 +786,8 @@ class PhoneRecognizer:
             lp = apply_blank_scale(lp, opts.emit, self.tokenizer.blank_id)
         if opts.mask is not None:
             lp = lp.masked_fill(~opts.mask, float("-inf")).log_softmax(-1)
+        if opts.constraint is not None:
+            return lp, self._ctc_constrained(lp, enc_lens, opts.constraint)
         hyps = ctc_greedy_search(lp, enc_lens, self.tokenizer.blank_id, return_timestamps=True)
         best = lp.argmax(-1)
         out = []
@@ -696,6 +802,28 @@ class PhoneRecognizer:
             out.append(items)
         return lp, out
 
+    def _ctc_constrained(self, lp: Tensor, enc_lens: Tensor, constraint: Any) -> list[list[tuple]]:
+        """``--lang``: the best path made of whole inventory phones. Items are (token, first frame, run length,
+        (V,) bool tokens allowed at that point (for top-k), first frame of the token's phone): a window keeps a
+        phone by its first token, so window seams never split a phone."""
+        from anyphone.decoding.ctc import ctc_constrained_best_path
+
+        blank = self.tokenizer.blank_id
+        lp64 = lp.double()
+        out = []
+        for n in range(lp.shape[0]):
+            path = ctc_constrained_best_path(lp64[n, : int(enc_lens[n])].numpy(), constraint, blank)
+            items: list[tuple] = []
+            anchor = 0
+            for tok, t, run, st in zip(path.tokens, path.frames, path.runs, path.states):
+                if constraint.starts_phone[tok]:
+                    anchor = t
+                allowed = torch.from_numpy(constraint.next[st] >= 0)
+                allowed[blank] = True
+                items.append((tok, t, run, allowed, anchor))
+            out.append(items)
+        return out
+
     def _transducer(self, proj: Tensor, enc_lens: Tensor, joiner, decoder, opts: _Options
                     ) -> tuple[Tensor, list[list[tuple[int, int, int]]]]:
         """Greedy search, one symbol per frame (ZIPA's greedy_search_batch), with the additive adjustment
@@ -708,12 +836,18 @@ class PhoneRecognizer:
         adjust = opts.adjust.to(proj.device) if opts.adjust is not None else None
         lp_all = torch.full((n, t_max, self.tokenizer.vocab_size), float("-inf"))
         items: list[list[tuple[int, int, int]]] = [[] for _ in range(n)]
+        cons = opts.constraint
+        state = [0] * n  # --lang: each hypothesis's automaton state; a frame may only emit what it allows
         for t in range(t_max):
             active = [i for i in range(n) if lens[i] > t]
             idx = torch.tensor(active, device=proj.device)
             logits = joiner(proj[idx, t], dec[idx]).float()
             if adjust is not None:
                 logits = logits + adjust
+            if cons is not None:
+                ok = torch.from_numpy(cons.next[[state[i] for i in active]] >= 0).to(logits.device)
+                ok[:, blank] = True
+                logits = logits.masked_fill(~ok, float("-inf"))
             lp = logits.log_softmax(-1)
             lp_all[active, t] = lp.cpu()
             best = lp.argmax(-1).tolist()
@@ -722,9 +856,15 @@ class PhoneRecognizer:
                 for i, v in emitted:
                     hist[i].append(v)
                     items[i].append((v, t, 1))
+                    if cons is not None:
+                        state[i] = int(cons.next[state[i], v])
                 rows = torch.tensor([i for i, _ in emitted], device=dec.device)
                 dec = dec.clone()
                 dec[rows] = decoder(torch.tensor([hist[i][-ctx:] for i, _ in emitted], dtype=torch.int64))
+        if cons is not None:  # an unfinished last phone is dropped, never written half
+            for i in range(n):
+                keep = len(cons.complete_prefix([v for v, _, _ in items[i]]))
+                del items[i][keep:]
         return lp_all, items
 
     def _collect(self, piece: _Piece, lp: Tensor, items: list[tuple[int, int, int]], opts: _Options) -> _PieceOut:
@@ -733,11 +873,16 @@ class PhoneRecognizer:
         real_end = piece.start + len(piece.samples) / SAMPLE_RATE
         keep_to = min(piece.keep_to, real_end)
         toks, times, durs, probs, cands = [], [], [], [], []
-        for tok, t, run in items:
+        for tok, t, run, *extra in items:
             time = piece.start + t * shift
-            if not piece.keep_from <= time < keep_to:
+            # with --lang a token belongs to the window that holds its phone's first token (extra[1])
+            anchor = piece.start + extra[1] * shift if extra else time
+            if not piece.keep_from <= anchor < keep_to:
                 continue
             frame = lp[t].double().exp()
+            if extra and extra[0] is not None:  # --lang: top-k over the tokens allowed at this point
+                frame = frame * extra[0]
+                frame = frame / frame.sum().clamp_min(1e-300)
             toks.append(tok)
             times.append(time)
             durs.append(run * shift)
@@ -785,14 +930,26 @@ class PhoneRecognizer:
         chars = [f for f in frames if self.tokenizer.token2id[f.token] not in silent_ids]
         text = "".join(f.token for f in chars)
         phones = segment_phones(text)
-        segments, pos = [], 0
+        # each phone's core is the frame run of its tokens on the decoded path (for greedy CTC search that path
+        # is the Viterbi alignment of the recognised phones); blank frames between phones are shared out by
+        # anyphone.alignment's rule, so start/end say how long the phone lasts, not how wide its spike is
+        from anyphone.alignment.ctc import share_blanks
+
+        shift = self.frame_shift
+        spans, probs, pos = [], [], 0
         for ph in phones:
             members = chars[pos: pos + len(ph)]
             pos += len(ph)
-            start = members[0].start
-            end = max(m.start + m.duration for m in members)
-            segments.append(PhoneSegment(start, round(end - start, 6), ph,
-                                         float(np.mean([m.prob for m in members]))))
+            a = round(members[0].start / shift)
+            b = max(a + 1, round(max(m.start + m.duration for m in members) / shift))
+            if spans and a < spans[-1][1]:  # never overlap the previous phone (window seams)
+                a = spans[-1][1]
+                b = max(b, a + 1)
+            spans.append((a, b))
+            probs.append(float(np.mean([m.prob for m in members])))
+        n_frames = max(round(float(meta.get("duration", 0.0)) / shift), spans[-1][1] if spans else 0)
+        segments = [PhoneSegment(st, round(en - st, 6), ph, p)
+                    for ph, p, (st, en) in zip(phones, probs, share_blanks(spans, n_frames, shift))]
         notes = list(meta.get("notes", []))
         if meta.get("silent"):
             notes.append(f"silent audio (peak {meta.get('peak', 0.0):.1e}): no phones")
@@ -933,7 +1090,35 @@ def _is_exp_dir(path: Path) -> bool:
 
 def _exp_dir_state_dict(exp: Path, iter: int | None, epoch: int | None, avg: int | None,
                         use_averaged_model: bool) -> tuple[dict[str, Tensor], str]:
-    """icefall decode.py rules: --iter N/--epoch N with --avg K (and the running average kept in checkpoints)."""
+    """icefall decode.py rules: --iter N/--epoch N with --avg K (and the running average kept in checkpoints).
+
+    A checkpoint that is corrupt, or holds pickled objects other than tensors, gives one line naming it."""
+    try:
+        return _average_exp_dir(exp, iter, epoch, avg, use_averaged_model)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError, IndexError) as e:
+        raise _unreadable_checkpoint(exp, iter or epoch, e) from None
+
+
+def _unreadable_checkpoint(exp: Path, upto: int | None, e: BaseException) -> Exception:
+    """The one-line error for a failed average: the first checkpoint (newest first, up to ``upto``) that does
+    not load safely on its own, found by loading each one; else ``e`` in one line."""
+    from anyphone.inference.hub import UnsafeCheckpointError, load_state_dict
+
+    def number(p: Path) -> int:
+        return int(p.stem.rsplit("-", 1)[-1])
+
+    found = [p for p in exp.iterdir() if re.match(r"^(checkpoint|epoch)-\d+\.pt$", p.name)]
+    for p in sorted((p for p in found if not upto or number(p) <= upto), key=number, reverse=True):
+        try:
+            load_state_dict(p)
+        except (UnsafeCheckpointError, ValueError, FileNotFoundError) as problem:
+            return problem
+    detail = (e.args[0] if isinstance(e, KeyError) and e.args else str(e)).strip()
+    return ValueError(f"{exp}: cannot average its checkpoints ({detail.splitlines()[0] if detail else type(e).__name__})")
+
+
+def _average_exp_dir(exp: Path, iter: int | None, epoch: int | None, avg: int | None,
+                     use_averaged_model: bool) -> tuple[dict[str, Tensor], str]:
     from anyphone.training import checkpoint as ckpt  # only this path needs the checkpoint helpers
 
     if iter and epoch:
@@ -1021,6 +1206,7 @@ def load_model(
     if _is_exp_dir(path):
         sd, tag = _exp_dir_state_dict(path, iter, epoch, avg, use_averaged_model)
         label = f"{path}/{tag}"
+        source_file = path / (f"checkpoint-{iter}.pt" if iter else f"epoch-{epoch}.pt" if epoch else f"{tag}.pt")
         tok_path = tok_path or _find_tokens([path / "tokens.txt", path.parent / "tokens.txt",
                                              path.parent / "ipa_simplified" / "tokens.txt",
                                              path.parent / "data" / "ipa_simplified" / "tokens.txt"])
@@ -1030,10 +1216,17 @@ def load_model(
             raise ValueError(f"{text}: iter/epoch/avg need a recipe exp dir with checkpoint-N.pt files")
         files = hub.resolve_model(text, revision=revision, cache_dir=cache_dir)
         sd = hub.load_state_dict(files.checkpoint)
+        source_file = files.checkpoint
         tok_path = tok_path or files.tokens
         label = files.name or text
         json_cfg = _read_json_config(files.checkpoint.with_suffix(".json"), files.checkpoint.parent / "config.json")
-    family, cfg, use_ctc = config_from_state_dict(sd, config if config is not None else json_cfg)
+    try:
+        family, cfg, use_ctc = config_from_state_dict(sd, config if config is not None else json_cfg)
+    except ValueError as e:
+        detail = str(e).removesuffix("; pass config=")
+        asked = (config if isinstance(config, str) else getattr(config, "name", "given")) if config is not None \
+            else ("config.json" if json_cfg is not None else None)
+        raise CheckpointShapeError(source_file, detail, asked) from None
     model = _build(family, cfg, use_ctc)
     model.load_state_dict(sd, strict=True)
     tokenizer = _tokenizer_for(tok_path, _head_sizes(sd, family)["vocab_size"], label)

@@ -60,16 +60,21 @@ class TokenTable:
     def from_file(cls, path: str | os.PathLike) -> TokenTable:
         path = Path(path)
         table: dict[int, str] = {}
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.rstrip("\n")
-                if not line.strip():
-                    continue
-                # the symbol may itself be a space-like character, so split on the LAST space
-                sym, sep, idx = line.rpartition(" ")
-                if not sep or not idx.isdigit():
-                    raise ValueError(f"{path}:{lineno}: {line!r} is not '<symbol> <id>'")
-                table[int(idx)] = sym
+        try:
+            # read_text turns \r\n into \n as open() did; split on "\n" only, since a token symbol may itself be
+            # a character that str.splitlines() breaks at
+            lines = path.read_text(encoding="utf-8").split("\n")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); expected '<symbol> <id>' "
+                             "lines") from None
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            # the symbol may itself be a space-like character, so split on the LAST space
+            sym, sep, idx = line.rpartition(" ")
+            if not sep or not idx.isdigit():
+                raise ValueError(f"{path}:{lineno}: {line!r} is not '<symbol> <id>'")
+            table[int(idx)] = sym
         n = len(table)
         if sorted(table) != list(range(n)):
             raise ValueError(f"{path}: token ids are not 0..{n - 1} without gaps")
@@ -219,7 +224,16 @@ def make_session(path: str | os.PathLike, provider: str = "auto", num_threads: i
     if fp16 is None:
         fp16 = "fp16" in path.name
     disabled = ["NchwcTransformer"] if fp16 else []
-    return ort.InferenceSession(str(path), so, providers=providers, disabled_optimizers=disabled)
+    try:
+        return ort.InferenceSession(str(path), so, providers=providers, disabled_optimizers=disabled)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - onnxruntime's errors (InvalidProtobuf, Fail, ...) derive from Exception
+        # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from X failed:Protobuf parsing failed."
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        detail = detail.rsplit(" failed:", 1)[-1].strip() or detail
+        raise ValueError(f"{path}: not a readable ONNX model ({detail}); export it again with export.py "
+                         "--onnx 1") from None
 
 
 def read_model_metadata(session) -> dict[str, str]:
