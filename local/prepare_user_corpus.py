@@ -16,8 +16,17 @@ lhotse manifests::
 
 Audio becomes 16 kHz mono FLAC; transcripts are normalised to ZIPA's IPA alphabet. Bad
 utterances (missing/empty/corrupt audio, out-of-inventory symbols, no audio or no transcript)
-are skipped with a one-line warning each and counted in the final summary. Exit status: 0 when
-something was written, 1 when nothing was, 2 on unusable input (e.g. an empty directory).
+are skipped with a one-line warning each and counted in the final summary, and so are utterance
+ids given more than once (never last-one-wins) and ids with a space. Audio that would be loaded by
+running a command (a Kaldi ``cmd |`` pipe, an lhotse ``"type": "command"`` or ``pipe:`` source, a
+``.sph`` file decoded with sph2pipe) is refused; ``--trust-data-commands 1`` allows the lhotse ones
+(Kaldi pipes stay refused).
+
+``--out-dir`` is replaced whole: the shards are written into a temporary folder beside it, which
+then takes its place, so the shards of an earlier run never mix with the new ones and an
+interrupted run leaves the old folder as it was. A folder that holds anything but Shar shards is
+refused. Exit status: 0 when something was written, 1 when nothing was, 2 on unusable input (e.g.
+an empty directory).
 """
 
 from __future__ import annotations
@@ -27,8 +36,9 @@ import json
 import logging
 import sys
 
-from anyphone.data.module import str2bool
 from anyphone.data.shar import kaldi_dir_to_shar, lhotse_manifests_to_shar
+from anyphone.fileio import atomic_write_text
+from anyphone.utils import str2bool
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,12 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--on-unknown", choices=["skip", "drop"], default="skip",
                    help="Utterances with symbols outside the IPA inventory: skip them (default) or keep "
                    "them without those symbols.")
+    p.add_argument("--trust-data-commands", type=str2bool, default=False,
+                   help="Run the commands lhotse manifests ask for to load audio ('command' and 'pipe:' "
+                   "sources, sph2pipe for .sph files). Only for data you trust; Kaldi pipes stay refused.")
     p.add_argument("--report", default=None, help="Optional JSON file for the counts.")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     common = {"shard_size": args.shard_size, "language": args.language,
-                  "remove_diacritics": args.remove_diacritics, "on_unknown": args.on_unknown}
+              "remove_diacritics": args.remove_diacritics, "on_unknown": args.on_unknown,
+              "trust_commands": args.trust_data_commands}
     try:
         if args.data_dir:
             if args.recordings or args.supervisions:
@@ -64,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prepare_user_corpus: error: {e}", file=sys.stderr)
         return 2
     if args.report:
-        with open(args.report, "w", encoding="utf-8") as f:
-            json.dump({"written": report.written, "skipped": report.skipped, "seconds": report.seconds,
-                       "problems": report.counts(), "unknown_symbols": dict(report.unknown_symbols)},
-                      f, ensure_ascii=False, indent=1)
+        atomic_write_text(args.report, json.dumps(
+            {"written": report.written, "skipped": report.skipped, "seconds": report.seconds,
+             "problems": report.counts(), "unknown_symbols": dict(report.unknown_symbols)},
+            ensure_ascii=False, indent=1))
     return 0 if report.written > 0 else 1
 
 

@@ -63,6 +63,7 @@ from anyphone.data.espeak import (
     resample_to_16k,
     reset_engine,
 )
+from anyphone.fileio import atomic_write_text
 from anyphone.text.ipa import has_language_switch, normalize_ipa
 
 SPLITS = ("test", "dev", "train")  # planning order: held-out sentences first
@@ -350,8 +351,7 @@ def synthesize_shard(job: ShardJob) -> dict:
     stats["seconds"] = round(stats["seconds"], 3)
     os.replace(tmp_tar, split_dir / f"recording.{name}.tar")
     os.replace(tmp_cuts, split_dir / f"cuts.{name}.jsonl.gz")
-    with open(state_dir / f"shard.{name}.json", "w", encoding="utf-8") as f:
-        json.dump(stats, f, ensure_ascii=False)
+    atomic_write_text(state_dir / f"shard.{name}.json", json.dumps(stats, ensure_ascii=False))
     return stats
 
 
@@ -459,7 +459,7 @@ def build_corpus(out_dir: str | Path, hours: float = 3.0, languages: str | list[
             plan = plans[split]
             shards = [plan[i:i + shard_size] for i in range(0, len(plan), shard_size)]
             n_shards = len(shards)
-            marker.write_text(json.dumps({"fingerprint": fp, "complete": False, "shards": n_shards}))
+            atomic_write_text(marker, json.dumps({"fingerprint": fp, "complete": False, "shards": n_shards}))
             todo = [ShardJob(str(split_dir), str(state_dir), k, s, flac_level)
                     for k, s in enumerate(shards) if not _shard_done(split_dir, state_dir, k)]
             if len(todo) < len(shards):
@@ -476,7 +476,7 @@ def build_corpus(out_dir: str | Path, hours: float = 3.0, languages: str | list[
                     st = synthesize_shard(job)
                     bar.update(st["cuts"] + st["dropped"])
             bar.close()
-            marker.write_text(json.dumps({"fingerprint": fp, "complete": True, "shards": n_shards}))
+            atomic_write_text(marker, json.dumps({"fingerprint": fp, "complete": True, "shards": n_shards}))
         stats = []
         for k in range(n_shards):
             with open(state_dir / f"shard.{k:06d}.json", encoding="utf-8") as f:
@@ -498,8 +498,7 @@ def build_corpus(out_dir: str | Path, hours: float = 3.0, languages: str | list[
         "splits": {s: summary_splits[s] for s in ("train", "dev", "test")},
         "build_seconds": round(time.time() - t0, 1),
     }
-    with open(out_dir / "summary.json", "w", encoding="utf-8") as f:
-        json.dump(summary, f, ensure_ascii=False, indent=1)
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, ensure_ascii=False, indent=1))
     _print_summary(summary)
     return summary
 

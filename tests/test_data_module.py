@@ -24,7 +24,7 @@ from anyphone.data.module import (
 from anyphone.data.shar import make_cut, open_train_shars, parse_weighted_dir, write_shar
 from anyphone.text.tokenizer import IpaTokenizer
 
-TEXTS = ["aba", "kʰæt", "ʃiː", "mama", "ɡoʊ", "tʃɛk", "nɪŋ", "pɑt"]
+TEXTS = ["aba", "kʰæt", "ʃiː", "mama", "goʊ", "tʃɛk", "nɪŋ", "pɑt"]
 
 
 def _make_shar(out: Path, prefix: str, n: int, lang: str, seed: int, shard_size: int = 4) -> list[str]:

@@ -128,12 +128,23 @@ _COPY_COUNTER = itertools.count()
 
 
 def _private_library_copy(lib_path: str) -> str:
-    """Copy the .so under a unique name: dlopen of a new path maps a new instance with fresh static state."""
-    tmp_dir = Path(tempfile.gettempdir()) / f"anyphone-espeak-{os.getpid()}"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    dst = tmp_dir / f"libespeak-ng-{next(_COPY_COUNTER)}.so"
-    shutil.copyfile(lib_path, dst)
-    return str(dst)
+    """Copy the .so under a unique name: dlopen of a new path maps a new instance with fresh static state.
+
+    The copy goes into a fresh folder from ``tempfile.mkdtemp`` (unpredictable name, created with
+    ``O_EXCL`` semantics and mode 0700) and is created with ``O_CREAT | O_EXCL | O_NOFOLLOW``, so nothing
+    another user planted in /tmp (a folder or a symlink under a guessable name) is followed or overwritten,
+    and no one else can swap the library before it is loaded. The caller removes file and folder.
+    """
+    tmp_dir = tempfile.mkdtemp(prefix="anyphone-espeak-")
+    dst = os.path.join(tmp_dir, f"libespeak-ng-{next(_COPY_COUNTER)}.so")
+    try:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o700)
+        with os.fdopen(fd, "wb") as out, open(lib_path, "rb") as src:
+            shutil.copyfileobj(src, out)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return dst
 
 
 class _Engine:

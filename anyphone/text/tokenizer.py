@@ -156,6 +156,11 @@ class IpaTokenizer:
         unk = self.unk_id
         return [get(ch, unk) for ch in text]
 
+    def unknown_symbols(self, text: str) -> set[str]:
+        """The code points of a normalised string that :meth:`encode_one` would turn into ``<unk>``."""
+        known = self._char2id
+        return {ch for ch in text if ch not in known}
+
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Ids for a batch of normalised IPA strings (no normalisation is done here)."""
         if isinstance(texts, str):
