@@ -36,6 +36,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "download_model",
     "hub_cache_dir",
+    "hub_endpoint",
     "infer_family_size",
     "is_offline",
     "list_models",
@@ -153,6 +154,16 @@ def is_offline() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_endpoint() -> str:
+    """The Hub URL: $HF_ENDPOINT read at call time (huggingface_hub reads it only at import), else its default."""
+    env = os.environ.get("HF_ENDPOINT", "").strip()
+    if env:
+        return env.rstrip("/")
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT.rstrip("/")
 
 
 def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -398,7 +409,8 @@ def download_model(
         return mf
 
     try:
-        info = HfApi().model_info(repo_id, revision=revision, files_metadata=False)
+        endpoint = hub_endpoint()
+        info = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision, files_metadata=False)
         files = [s.rfilename for s in (info.siblings or [])]
         commit = info.sha
         ckpt = _select_checkpoint(files, spec.checkpoint if spec else None)
@@ -407,9 +419,10 @@ def download_model(
                 f"{repo_id}@{revision or 'main'}: no checkpoint found (expected {AVG_RULE}); files: {files[:20]}")
         tok = _select_tokens(files, spec.tokens if spec else TOKENS_FILE)
         # Download by commit hash so checkpoint and tokens come from the same revision.
-        ckpt_path = hf_hub_download(repo_id, ckpt, revision=commit or revision, cache_dir=cache)
-        tok_path = hf_hub_download(repo_id, tok, revision=commit or revision, cache_dir=cache) if tok else None
-        extra = [Path(hf_hub_download(repo_id, f, revision=commit or revision, cache_dir=cache))
+        ckpt_path = hf_hub_download(repo_id, ckpt, revision=commit or revision, cache_dir=cache, endpoint=endpoint)
+        tok_path = (hf_hub_download(repo_id, tok, revision=commit or revision, cache_dir=cache, endpoint=endpoint)
+                    if tok else None)
+        extra = [Path(hf_hub_download(repo_id, f, revision=commit or revision, cache_dir=cache, endpoint=endpoint))
                  for f in files if extra_patterns and f not in (ckpt, tok)
                  and any(fnmatch.fnmatch(f, p) for p in extra_patterns)]
     except ModelNotAvailableError:
