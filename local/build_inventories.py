@@ -20,9 +20,30 @@ Method (all offline, all from installed packages):
 Outputs: ``<iso3>.txt`` (one phone per line, sorted by code point) and ``index.json`` (name, aliases, voices,
 text sources, word count, per-phone counts).
 
+PHOIBLE inventories (``--phoible CSV``): a second, independent source for about 2,100 languages, built from
+PHOIBLE 2.0 with allophones as the PyPI package ``allophant`` ships it (``allophoible.csv``)::
+
+    pip download --no-deps allophant -d /tmp/allophant && unzip -o /tmp/allophant/allophant-*.whl -d /tmp/allophant
+    .venv/bin/python local/build_inventories.py --phoible /tmp/allophant/allophant/package_data/allophoible.csv
+
+1. One inventory per ISO 639-3 language: the dialect allophant itself prefers where it names one
+   (``PHOIBLE_DIALECTS``), else the inventory with the most distinct phones after mapping (PHOIBLE often has
+   several descriptions of a language; the richest one restricts least wrongly), ties to the lowest ID.
+2. Its phones are the phonemes plus their allophones (a recogniser hears allophones).
+3. Each segment is mapped onto the model's tokens with ``normalize_ipa`` (equivalents such as ``ɡ`` -> ``g``;
+   phonetic detail the tokens cannot hold, such as ``̠`` or tie bars, is dropped; affricates become two
+   phones) and split with ``segment_phones``. A segment with a symbol ``normalize_ipa`` does not know is not
+   mapped and is listed in the language's ``unmapped`` column instead of being dropped silently.
+
+Output: ``phoible-inventories.txt``, one line per language: ``iso3<TAB>name<TAB>source:inventory id<TAB>phones
+(space-separated, sorted)<TAB>unmapped segments``. The raw CSV (24 MB) is not shipped. Licence: PHOIBLE is
+CC BY-SA 3.0 (Moran & McCloy 2019); allophant's wheel ships the CSV with an MIT LICENSE.txt naming "2015
+PHOIBLE" and the allophant authors. The derived file keeps the CC BY-SA 3.0 attribution in its header.
+
 Usage::
 
     .venv/bin/python local/build_inventories.py [--out anyphone/data/inventories] [--max-words 4000]
+    .venv/bin/python local/build_inventories.py --phoible allophoible.csv   # PHOIBLE file only
 """
 
 from __future__ import annotations
@@ -248,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-share", type=float, default=2e-4, help="... and this share of the phone tokens")
     ap.add_argument("--min-words", type=int, default=150, help="languages with fewer usable words are skipped")
     ap.add_argument("--only", nargs="*", help="build only these eSpeak voice codes (debugging)")
+    ap.add_argument("--phoible", type=Path, default=None,
+                    help="allophant's allophoible.csv: build phoible-inventories.txt only (see the docstring)")
     args = ap.parse_args(argv)
+    if args.phoible is not None:
+        return build_phoible(args.phoible, args.out)
 
     from anyphone.text.ipa import has_language_switch, normalize_ipa, segment_phones
 
@@ -307,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     for old in args.out.glob("*.txt"):
-        old.unlink()
+        if re.fullmatch(r"[a-z]{3}", old.stem):  # eSpeak inventories only; the PHOIBLE file stays
+            old.unlink()
     index = {}
     for iso3 in sorted(groups):
         g = groups[iso3]
@@ -342,6 +368,103 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "index.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1, sort_keys=True) + "\n",
                                          encoding="utf-8")
     print(f"wrote {len(index)} inventories to {args.out} in {time.time() - t0:.0f}s", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# PHOIBLE (allophant's allophoible.csv)
+
+PHOIBLE_FILE = "phoible-inventories.txt"
+# Dialects allophant prefers (its package_data/default_dialects.json), keyed by ISO 639-3.
+PHOIBLE_DIALECTS = {"eng": "Western and Mid-Western US; Southern California", "nld": "Belgian Standard",
+                    "ell": "Standard Modern Greek (Athenian)", "por": "Lisbon"}
+PHOIBLE_HEADER = """\
+# PHOIBLE inventories with allophones, mapped onto anyphone's IPA tokens (built by local/build_inventories.py
+# --phoible allophoible.csv; allophoible.csv from the PyPI package allophant 1.0.0).
+# Source data: PHOIBLE 2.0, Moran, Steven & McCloy, Daniel (eds.) 2019, https://phoible.org, licensed
+# CC BY-SA 3.0 (https://creativecommons.org/licenses/by-sa/3.0/); allophones from Allophoible (Herygers &
+# Glocker 2023, MIT, "Copyright (c) 2015 PHOIBLE"). This derived file is distributed under CC BY-SA 3.0.
+# Columns: iso3, name, source:inventory id, phones (space-separated), segments that could not be mapped.
+"""
+
+
+# PHOIBLE symbols normalize_ipa does not know, with the nearest token spelling (approximations noted).
+PHOIBLE_EQUIVALENTS = {
+    "ⁿ": "n", "ᵐ": "m", "ᵑ": "ŋ", "ᶬ": "ɱ", "ᶯ": "ɳ", "ᶮ": "ɲ",  # prenasalisation: a nasal phone before
+    "ᶣ": "ʲ",  # labial-palatalisation: kept as palatalisation (the tokens have no combined mark)
+    "ȵ": "ɲ", "ȶ": "c", "ȡ": "ɟ", "ȴ": "ʎ",  # alveolo-palatal n t d l (Sinological): nearest palatals
+    "ᵊ": "ə", "ᶦ": "ɪ", "ᵘ": "u", "ⁱ": "i",  # vowel off-glides / releases written as superscripts
+    "ʶ": "ʁ", "ᵝ": "", "ᴅ": "d", "ᴇ": "e", "ɪ̈": "ɨ",
+    "\u0348": "", "\u0349": "",  # fortis / lenis (extIPA): articulatory strength the tokens do not carry
+    "ˀ": "ʔ",  # pre-/post-glottalisation: a glottal stop phone beside the sonorant
+}
+
+
+def map_segment(segment: str) -> list[str] | None:
+    """A PHOIBLE segment as anyphone phones (``t̠ʃ`` -> ``['t', 'ʃ']``), or None when a symbol is unknown."""
+    from anyphone.text.ipa import normalize_ipa, segment_phones
+
+    for src, dst in PHOIBLE_EQUIVALENTS.items():
+        segment = segment.replace(src, dst)
+    unknown: collections.Counter = collections.Counter()
+    norm = normalize_ipa(segment, unknown=unknown)
+    if unknown or not norm:
+        return None
+    return segment_phones(norm)
+
+
+def build_phoible(csv_path: Path, out_dir: Path) -> int:
+    import csv
+
+    if not csv_path.is_file():
+        print(f"{csv_path}: not found; see this script's docstring for how to get allophoible.csv",
+              file=sys.stderr)
+        return 1
+    invs: dict[str, dict] = {}
+    with open(csv_path, encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            iso = (row.get("ISO6393") or "").strip()
+            if not re.fullmatch(r"[a-z]{3}", iso):
+                continue
+            inv = invs.setdefault(row["InventoryID"], {"iso": iso, "name": row["LanguageName"],
+                                                       "source": row["Source"], "dialect": row["SpecificDialect"],
+                                                       "segments": []})
+            if row.get("SegmentClass") == "tone":
+                continue  # tones are not segments the recogniser writes (normalize_ipa drops tone marks)
+            inv["segments"].append(row["Phoneme"])
+            allo = row.get("Allophones") or ""
+            if allo != "NA":
+                # "∅" is an allophone that is no sound at all (deletion)
+                inv["segments"].extend(a for a in allo.split() if a != "∅")
+    by_lang: dict[str, list[tuple[str, dict]]] = collections.defaultdict(list)
+    for inv_id, inv in invs.items():
+        phones, unmapped = set(), set()
+        for seg in inv["segments"]:
+            mapped = map_segment(seg)
+            if mapped is None:
+                unmapped.add(seg)
+            else:
+                phones.update(mapped)
+        inv["phones"], inv["unmapped"] = sorted(phones), sorted(unmapped)
+        by_lang[inv["iso"]].append((inv_id, inv))
+    lines, n_unmapped = [], 0
+    for iso in sorted(by_lang):
+        cands = by_lang[iso]
+        preferred = [c for c in cands if c[1]["dialect"] == PHOIBLE_DIALECTS.get(iso)]
+        inv_id, inv = preferred[0] if preferred else min(cands, key=lambda c: (-len(c[1]["phones"]), int(c[0])))
+        if not inv["phones"]:
+            continue
+        n_unmapped += bool(inv["unmapped"])
+        name = " ".join(inv["name"].split())
+        lines.append("\t".join([iso, name, f"{inv['source']}:{inv_id}", " ".join(inv["phones"]),
+                                " ".join(inv["unmapped"])]))
+    out = out_dir / PHOIBLE_FILE
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(PHOIBLE_HEADER + "\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    print(f"wrote {len(lines)} PHOIBLE inventories to {out} ({out.stat().st_size / 1024:.0f} KB); "
+          f"{n_unmapped} with segments that could not be mapped", file=sys.stderr)
     return 0
 
 

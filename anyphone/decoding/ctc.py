@@ -6,22 +6,31 @@ Frames at or beyond ``lens[n]`` are padding and are never read.
 
 Token ids follow the project vocabulary (``<blk>`` = 0, ``<sos/eos>`` = 1, ``<unk>`` = 2, ...).
 Only the blank id is special here: every other id, ``<unk>`` included, is an ordinary output token.
+
+Phone-level language restriction: greedy search, prefix beam search and top-k take ``constraint=``, an
+:class:`anyphone.inventory.PhoneConstraint` (a token automaton of an inventory). With it the output is always
+made of whole inventory phones: greedy search becomes the best single CTC path whose collapsed output the
+automaton accepts (:func:`ctc_constrained_best_path`; without restrictions that is the argmax path), the beam
+search extends a prefix only by tokens its automaton state allows and returns only accepted prefixes, and the
+top-k candidates of an emitting frame are the tokens allowed at that point of the hypothesis.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Literal, NamedTuple, overload
+from typing import Any, Literal, NamedTuple, overload
 
 import numpy as np
 import torch
 
 __all__ = [
+    "ConstrainedPath",
     "CtcHypothesis",
     "TopkFrame",
     "apply_blank_scale",
     "apply_prior",
+    "ctc_constrained_best_path",
     "ctc_greedy_search",
     "ctc_prefix_beam_search",
     "ctc_sequence_log_prob",
@@ -42,6 +51,19 @@ class CtcHypothesis(NamedTuple):
     tokens: list[int]
     timestamps: list[int]
     probs: list[float]
+
+
+class ConstrainedPath(NamedTuple):
+    """The best constrained CTC path of one utterance (:func:`ctc_constrained_best_path`).
+
+    tokens: emitted token ids; frames: first frame of each token's run; runs: frames in each run;
+    states: automaton state *before* each token (what was allowed there: ``constraint.allowed(state)``).
+    """
+
+    tokens: list[int]
+    frames: list[int]
+    runs: list[int]
+    states: list[int]
 
 
 class TopkFrame(NamedTuple):
@@ -72,6 +94,7 @@ def ctc_greedy_search(
     blank_id: int = 0,
     *,
     return_timestamps: Literal[False] = False,
+    constraint: Any = None,
 ) -> list[list[int]]: ...
 
 
@@ -82,6 +105,7 @@ def ctc_greedy_search(
     blank_id: int = 0,
     *,
     return_timestamps: Literal[True],
+    constraint: Any = None,
 ) -> list[CtcHypothesis]: ...
 
 
@@ -91,6 +115,7 @@ def ctc_greedy_search(
     blank_id: int = 0,
     *,
     return_timestamps: bool = False,
+    constraint: Any = None,
 ) -> list[list[int]] | list[CtcHypothesis]:
     """Best-path CTC decoding with icefall's semantics.
 
@@ -104,11 +129,25 @@ def ctc_greedy_search(
       blank_id: id of the CTC blank.
       return_timestamps: if True, return :class:`CtcHypothesis` objects holding, for each token, the
         first frame of its run and its posterior at that frame.
+      constraint: an :class:`anyphone.inventory.PhoneConstraint`: the best path that spells whole inventory
+        phones (:func:`ctc_constrained_best_path`) instead of the frame-wise argmax.
 
     Returns:
       N lists of token ids, or N :class:`CtcHypothesis` if ``return_timestamps``.
     """
     lens_list = _check_inputs(log_probs, lens)
+    if constraint is not None:
+        _check_constraint(constraint, log_probs.shape[-1], blank_id)
+        lp_all = log_probs.detach().to("cpu", torch.float64)
+        out: list = []
+        for n, length in enumerate(lens_list):
+            path = ctc_constrained_best_path(lp_all[n, :length].numpy(), constraint, blank_id)
+            if not return_timestamps:
+                out.append(path.tokens)
+                continue
+            post = [math.exp(float(lp_all[n, f, t])) for t, f in zip(path.tokens, path.frames)]
+            out.append(CtcHypothesis(path.tokens, path.frames, post))
+        return out
     best = log_probs.argmax(dim=-1)  # (N, T)
     results: list = []
     for n, length in enumerate(lens_list):
@@ -130,6 +169,126 @@ def ctc_greedy_search(
     return results
 
 
+def _check_constraint(constraint: Any, vocab: int, blank_id: int) -> None:
+    if constraint.next.shape[1] != vocab:
+        raise ValueError(f"constraint is for {constraint.next.shape[1]} tokens but log_probs have V={vocab}")
+    if constraint.blank_id != blank_id:
+        raise ValueError(f"constraint has blank id {constraint.blank_id}, the search uses {blank_id}")
+
+
+def _constraint_arcs(constraint: Any) -> tuple[np.ndarray, ...]:
+    """Arcs (src, dst) of the automaton for the CTC search, sorted by dst, with group starts per dst.
+
+    A token state m (m >= 1) is entered from a predecessor p (``next[p, token_of[m]] == m``) that sits either
+    on its own token or on a blank; from p's token only if it differs from m's (the same token on the next
+    frame is a repeat, not a new emission)."""
+    cached = getattr(constraint, "_ctc_arcs", None)
+    if cached is not None:
+        return cached
+    nxt = constraint.next
+    src, dst = np.nonzero(nxt >= 0)
+    dst_state = nxt[src, dst].astype(np.int64)
+    order = np.argsort(dst_state, kind="stable")
+    src, dst_state = src[order].astype(np.int64), dst_state[order]
+    same_tok = constraint.token_of[src] == constraint.token_of[dst_state]
+    n = constraint.num_states
+    starts = np.searchsorted(dst_state, np.arange(1, n))  # every non-root state has at least its parent arc
+    arcs = (src, dst_state, same_tok, starts)
+    try:
+        constraint._ctc_arcs = arcs
+    except AttributeError:
+        pass
+    return arcs
+
+
+def ctc_constrained_best_path(log_probs: np.ndarray, constraint: Any, blank_id: int = 0) -> ConstrainedPath:
+    """The most probable single CTC path whose collapsed output the constraint accepts (Viterbi).
+
+    The search runs over (automaton state, on-token / on-blank) pairs, so the cost per frame is
+    O(arcs of the automaton), a few thousand for an inventory. If every frame's best token is allowed where
+    the path stands, the result is the plain greedy (argmax) path.
+
+    Args:
+        log_probs: (T, V) log-posteriors of one utterance (numpy, or a CPU tensor).
+        constraint: :class:`anyphone.inventory.PhoneConstraint` over the same V tokens.
+    Returns:
+        :class:`ConstrainedPath` (empty when T = 0).
+    """
+    lp = np.asarray(log_probs, dtype=np.float64)
+    t_len = lp.shape[0]
+    n = constraint.num_states
+    if t_len == 0:
+        return ConstrainedPath([], [], [], [])
+    src, dst, same_tok, starts = _constraint_arcs(constraint)
+    tok_of = constraint.token_of
+    tok_ids = np.where(tok_of >= 0, tok_of, blank_id)
+    on_tok = np.full(n, _NEG_INF)
+    on_blk = np.full(n, _NEG_INF)
+    on_blk[0] = 0.0  # before the first frame: "after a blank" in the start state
+    bp_tok = np.zeros((t_len, n), dtype=np.int32)  # -1 stay on the token, else arc index
+    bp_blk = np.zeros((t_len, n), dtype=bool)  # True: came from the blank state, False: from the token state
+    bp_arc_tok = np.zeros((t_len, n), dtype=bool)  # the arc into a token state left p's token (not p's blank)
+    big = np.iinfo(np.int64).max
+    for t in range(t_len):
+        frame = lp[t]
+        from_blk = on_blk[src]
+        from_tok = np.where(same_tok, _NEG_INF, on_tok[src])
+        cand = np.maximum(from_blk, from_tok)
+        arc_tok = from_tok > from_blk
+        if cand.size:
+            gmax = np.maximum.reduceat(cand, starts)  # (n-1,) best predecessor of states 1..n-1
+            hit = np.where(cand == gmax[dst - 1], np.arange(cand.size), big)
+            garg = np.minimum.reduceat(hit, starts)
+        else:
+            gmax = np.full(n - 1, _NEG_INF)
+            garg = np.zeros(n - 1, dtype=np.int64)
+        stay = on_tok[1:]
+        take_stay = stay >= gmax
+        new_tok = np.full(n, _NEG_INF)
+        new_tok[1:] = np.where(take_stay, stay, gmax) + frame[tok_ids[1:]]
+        garg = np.minimum(garg, max(cand.size - 1, 0))  # a state no arc reaches keeps -inf anyway
+        bp_tok[t, 1:] = np.where(take_stay, -1, garg)
+        if cand.size:
+            bp_arc_tok[t, 1:] = arc_tok[garg]
+        blk_from_blk = on_blk >= on_tok
+        bp_blk[t] = blk_from_blk
+        new_blk = np.where(blk_from_blk, on_blk, on_tok) + frame[blank_id]
+        on_tok, on_blk = new_tok, new_blk
+    final = constraint.final
+    end_tok = np.where(final, on_tok, _NEG_INF)
+    end_blk = np.where(final, on_blk, _NEG_INF)
+    if max(end_tok.max(), end_blk.max()) == _NEG_INF:
+        return ConstrainedPath([], [], [], [])
+    if end_tok.max() > end_blk.max():
+        state, on_token = int(end_tok.argmax()), True
+    else:
+        state, on_token = int(end_blk.argmax()), False
+    # backtrack: collect emissions (token state entered from another state) from the end
+    tokens, frames, runs, states = [], [], [], []
+    run = 0
+    for t in range(t_len - 1, -1, -1):
+        if on_token:
+            run += 1
+            b = int(bp_tok[t, state])
+            if b < 0:
+                continue  # stayed on the same token
+            tokens.append(int(tok_of[state]))
+            frames.append(t)
+            runs.append(run)
+            run = 0
+            prev = int(src[b])
+            states.append(prev)
+            on_token = bool(bp_arc_tok[t, state])
+            state = prev
+        else:
+            on_token = not bool(bp_blk[t, state])
+    tokens.reverse()
+    frames.reverse()
+    runs.reverse()
+    states.reverse()
+    return ConstrainedPath(tokens, frames, runs, states)
+
+
 def _logaddexp(a: float, b: float) -> float:
     if a == _NEG_INF:
         return b
@@ -141,7 +300,7 @@ def _logaddexp(a: float, b: float) -> float:
 
 
 def _prefix_beam_one(
-    frames: np.ndarray, beam: int, blank_id: int, token_prune: int | None
+    frames: np.ndarray, beam: int, blank_id: int, token_prune: int | None, constraint: Any = None
 ) -> list[tuple[tuple[int, ...], float]]:
     """Prefix beam search over one utterance; ``frames`` is a (T, V) float64 array of log-probs.
 
@@ -151,10 +310,15 @@ def _prefix_beam_one(
     Extensions are scored for all (prefix, token) pairs at once with numpy. Only the extensions that
     land on a prefix already in the beam need merging; every other extension is a new prefix whose score
     is final, so keeping the best ``beam`` of those is enough for the result to equal a full search.
+
+    With a ``constraint`` each prefix carries its automaton state; a prefix is extended only by the tokens
+    that state allows, and at the end only prefixes in a final state (whole phones) are returned. If the beam
+    holds none, the best prefix cut back to its last whole phone is returned.
     """
     vocab = frames.shape[1] if frames.ndim == 2 else 0
     # Start: the empty prefix, reached by "ending in blank" with probability 1.
     prefixes: list[tuple[int, ...]] = [()]
+    state_of: dict[tuple[int, ...], int] = {(): 0}
     pb = np.array([0.0])
     pnb = np.array([_NEG_INF])
     prune = token_prune is not None and token_prune < vocab - 1
@@ -172,6 +336,9 @@ def _prefix_beam_one(
         rows = np.nonzero(has_last)[0]
         ext[rows, last[rows]] = pb[rows] + lp[last[rows]]
         ext[:, blank_id] = _NEG_INF
+        if constraint is not None:
+            states = np.array([state_of[p] for p in prefixes], dtype=np.int64)
+            ext[constraint.next[states] < 0] = _NEG_INF
         if prune:
             allowed = np.argsort(np.where(np.arange(vocab) == blank_id, _NEG_INF, lp))[::-1][:token_prune]
             mask = np.full(vocab, _NEG_INF)
@@ -197,6 +364,8 @@ def _prefix_beam_one(
                 if score == _NEG_INF:
                     continue
                 b, c = divmod(cell, vocab)
+                if constraint is not None:
+                    state_of[prefixes[b] + (c,)] = int(constraint.next[state_of[prefixes[b]], c])
                 cand_prefixes.append(prefixes[b] + (c,))
                 cand_pb.append(_NEG_INF)
                 cand_pnb.append(score)
@@ -210,6 +379,9 @@ def _prefix_beam_one(
         pnb = cpnb[order]
     final = [(p, float(np.logaddexp(a, b))) for p, a, b in zip(prefixes, pb, pnb)]
     final.sort(key=lambda x: x[1], reverse=True)
+    if constraint is not None and final:
+        whole = [(p, sc) for p, sc in final if constraint.final[state_of[p]]]
+        final = whole or [(tuple(constraint.complete_prefix(final[0][0])), final[0][1])]
     return final or [((), _NEG_INF)]  # every path impossible (all -inf input): empty hypothesis
 
 
@@ -222,6 +394,7 @@ def ctc_prefix_beam_search(
     *,
     token_prune: int | None = None,
     return_nbest: Literal[False] = False,
+    constraint: Any = None,
 ) -> list[list[int]]: ...
 
 
@@ -234,6 +407,7 @@ def ctc_prefix_beam_search(
     *,
     token_prune: int | None = None,
     return_nbest: Literal[True],
+    constraint: Any = None,
 ) -> list[list[tuple[list[int], float]]]: ...
 
 
@@ -245,6 +419,7 @@ def ctc_prefix_beam_search(
     *,
     token_prune: int | None = None,
     return_nbest: bool = False,
+    constraint: Any = None,
 ) -> list[list[int]] | list[list[tuple[list[int], float]]]:
     """CTC prefix beam search in log space (no language model).
 
@@ -259,6 +434,7 @@ def ctc_prefix_beam_search(
       token_prune: if set, only the ``token_prune`` best non-blank tokens of each frame may extend a
         prefix (a speed-up; ``None`` considers all V-1 tokens).
       return_nbest: if True, return for each utterance up to ``beam`` (tokens, log_prob) pairs, best first.
+      constraint: an :class:`anyphone.inventory.PhoneConstraint`: only whole inventory phones are written.
 
     Returns:
       N token-id lists (the best prefix), or N n-best lists of (tokens, log_prob).
@@ -266,11 +442,13 @@ def ctc_prefix_beam_search(
     if beam < 1:
         raise ValueError(f"ctc_prefix_beam_search: beam={beam}, expected an integer >= 1")
     lens_list = _check_inputs(log_probs, lens)
+    if constraint is not None:
+        _check_constraint(constraint, log_probs.shape[-1], blank_id)
     lp_all = log_probs.detach().to("cpu", torch.float64)
     out: list = []
     for n, length in enumerate(lens_list):
         frames = lp_all[n, :length].numpy()
-        nbest = _prefix_beam_one(frames, beam, blank_id, token_prune)
+        nbest = _prefix_beam_one(frames, beam, blank_id, token_prune, constraint)
         if return_nbest:
             out.append([(list(p), s) for p, s in nbest])
         else:
@@ -318,6 +496,7 @@ def ctc_topk_frames(
     blank_id: int = 0,
     *,
     include_blank: bool = False,
+    constraint: Any = None,
 ) -> list[list[TopkFrame]]:
     """Allosaurus-style ``--topk`` output: the k best tokens at each emitting frame.
 
@@ -326,24 +505,43 @@ def ctc_topk_frames(
     the frame posteriors ``softmax(log_probs[t])`` over the full vocabulary; the blank is left out of the
     candidate list unless ``include_blank``.
 
+    With a ``constraint`` the hypothesis is the constrained best path and the candidates of each emitting frame
+    are the tokens the automaton allows at that point (plus the blank), with probabilities renormalised over
+    them, so no candidate can start or continue a phone outside the inventory.
+
     Returns:
       For each utterance, one :class:`TopkFrame` per emitting frame.
     """
     if k < 1:
         raise ValueError(f"ctc_topk_frames: k={k}, expected an integer >= 1")
-    hyps = ctc_greedy_search(log_probs, lens, blank_id, return_timestamps=True)
+    lens_list = _check_inputs(log_probs, lens)
+    if constraint is not None:
+        _check_constraint(constraint, log_probs.shape[-1], blank_id)
+        lp64 = log_probs.detach().to("cpu", torch.float64)
+        paths = [ctc_constrained_best_path(lp64[n, :length].numpy(), constraint, blank_id)
+                 for n, length in enumerate(lens_list)]
+        hyps = [CtcHypothesis(p.tokens, p.frames, []) for p in paths]
+    else:
+        hyps = ctc_greedy_search(log_probs, lens, blank_id, return_timestamps=True)
     out: list[list[TopkFrame]] = []
     for n, hyp in enumerate(hyps):
         frames: list[TopkFrame] = []
         if hyp.timestamps:
             idx = torch.tensor(hyp.timestamps, dtype=torch.long)
-            probs = log_probs[n, idx].detach().double().softmax(dim=-1)  # (E, V)
+            logits = log_probs[n, idx].detach().double()  # (E, V)
+            if constraint is not None:
+                allowed = torch.from_numpy(constraint.next[paths[n].states] >= 0)
+                allowed[:, blank_id] = True
+                logits = logits.masked_fill(~allowed, _NEG_INF)
+            probs = logits.softmax(dim=-1)
             if not include_blank:
                 probs[:, blank_id] = -1.0  # sorts last, then dropped below
             kk = min(k, probs.shape[-1] - (0 if include_blank else 1))
             top_p, top_i = probs.topk(kk, dim=-1)
             for e, t in enumerate(hyp.timestamps):
-                frames.append(TopkFrame(t, [(int(i), float(p)) for i, p in zip(top_i[e], top_p[e])]))
+                # (with a constraint, tokens it rules out have probability 0 and are left out)
+                frames.append(TopkFrame(t, [(int(i), float(p)) for i, p in zip(top_i[e], top_p[e])
+                                            if constraint is None or p > 0]))
         out.append(frames)
     return out
 
