@@ -3,7 +3,9 @@
 A checkpoint is one ``torch.save`` file holding a dict::
 
     model        state_dict of the (unwrapped) model, no ``module.`` prefixes
-    model_avg    float32 state_dict of the running weight average (if one is kept), see update_averaged_model
+    model_avg    state_dict of the running weight average (if one is kept) in the dtype it is kept in
+                 (float64 in training), so a resumed run continues from exactly the same average; see
+                 update_averaged_model
     optimizer    optimizer.state_dict() or None
     scheduler    scheduler.state_dict() or None
     grad_scaler  GradScaler.state_dict() or None
@@ -11,13 +13,21 @@ A checkpoint is one ``torch.save`` file holding a dict::
     rng          python / numpy / torch / cuda RNG states (see get_rng_state), if saved
     <params>     each key of ``params`` at top level (icefall puts batch_idx_train, epoch, ... there);
                  ``batch_idx_train`` is also mirrored to top level when it sits in a nested params dict
+    sha256       checksum of everything above (see checkpoint_digest); verified on every load, so bytes
+                 overwritten inside a file are caught instead of loading as NaNs. Files written before it
+                 existed load without verification.
 
 Everything in it is tensors or plain Python containers, so it loads with ``torch.load(weights_only=True)``.
 Batch checkpoints are named ``checkpoint-{batch_idx_train}.pt``, epoch checkpoints ``epoch-{epoch}.pt``.
+
+The checksum is of the loaded contents (tensor bytes, shapes, dtypes and every plain value, in order), not
+of the file's bytes: it lives inside the file, so a copied checkpoint carries it along, and what it guards is
+what training would read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
@@ -31,19 +41,23 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from anyphone.fileio import TMP_PREFIX, atomic_write, remove_stale_temporaries
 from anyphone.utils import state_dict_mismatch
 
 __all__ = [
+    "CorruptCheckpointError",
     "average_checkpoints",
     "average_checkpoints_with_averaged_model",
     "average_epochs_with_averaged_model",
     "average_two_averaged_models",
+    "checkpoint_digest",
     "checkpoint_path",
     "find_checkpoints",
     "get_rng_state",
     "latest_checkpoint",
     "load_checkpoint",
     "remove_old_checkpoints",
+    "remove_stale_checkpoint_temporaries",
     "restore_rng_state",
     "save_checkpoint",
     "unwrap_model",
@@ -52,7 +66,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_RESERVED_KEYS = ("model", "model_avg", "optimizer", "scheduler", "grad_scaler", "sampler", "rng")
+_RESERVED_KEYS = ("model", "model_avg", "optimizer", "scheduler", "grad_scaler", "sampler", "rng", "sha256")
+_DIGEST_KEY = "sha256"
 _BATCH_CKPT_RE = re.compile(r"^checkpoint-(\d+)\.pt$")
 _EPOCH_CKPT_RE = re.compile(r"^epoch-(\d+)\.pt$")
 # Wrappers whose state_dict keys carry a prefix: DDP/DataParallel ("module.") and torch.compile ("_orig_mod.").
@@ -174,6 +189,58 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
             )
 
 
+# ---------------------------------------------------------------------------------------------- checksum
+class CorruptCheckpointError(ValueError):
+    """A checkpoint whose contents do not match the checksum saved with it."""
+
+
+def _feed(h: Any, obj: Any) -> None:
+    """Feed ``obj`` to the hash ``h`` in a form that a ``torch.save`` / ``torch.load`` round trip keeps: raw
+    tensor bytes with dtype and shape, containers with their kind and length, other values by type and repr
+    (exact for floats). Every piece is length-prefixed or fixed-size, so no two structures hash alike by
+    running into each other."""
+    if isinstance(obj, Tensor):
+        t = obj.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+        if t.numel():
+            # the bytes themselves, whatever the dtype (bfloat16 has no numpy twin; a uint8 view always works)
+            h.update(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+    elif isinstance(obj, Mapping):
+        h.update(f"D{len(obj)};".encode())
+        for k, v in obj.items():
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)};".encode())
+        for v in obj:
+            _feed(h, v)
+    else:
+        r = f"{type(obj).__name__}:{obj!r}".encode()
+        h.update(f"S{len(r)};".encode() + r)
+
+
+def checkpoint_digest(checkpoint: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a checkpoint dict's contents, leaving out its own ``sha256`` entry.
+
+    Reads every tensor once (about 1 GB/s), so verifying costs a second or two per GB of checkpoint.
+    """
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in checkpoint.items() if k != _DIGEST_KEY})
+    return h.hexdigest()
+
+
+def _verify(path: Path, checkpoint: Mapping[str, Any]) -> None:
+    saved = checkpoint.get(_DIGEST_KEY)
+    if saved is None:
+        return  # written before checkpoints carried a checksum: nothing to check against
+    if not isinstance(saved, str) or checkpoint_digest(checkpoint) != saved:
+        raise CorruptCheckpointError(
+            f"{path}: corrupt checkpoint: its contents do not match the sha256 checksum saved with it"
+        )
+
+
 # ---------------------------------------------------------------------------------------------- save/load
 def _state_of(obj: Any, name: str) -> Any:
     if obj is None:
@@ -193,13 +260,16 @@ def save_checkpoint(
     params: Mapping[str, Any] | None = None,
     rng: bool = True,
 ) -> Path:
-    """Write a checkpoint atomically: into a temporary file in the same folder, then ``os.replace``.
+    """Write a checkpoint atomically (:func:`anyphone.fileio.atomic_write`: a temporary file in the same
+    folder, then ``os.replace``), with the checksum of its contents inside it.
 
-    A crash (or exception) during the write leaves any previous file at ``path`` untouched and no partial
-    file behind. ``optimizer`` / ``scheduler`` / ``scaler`` / ``sampler`` may be objects with
-    ``state_dict()`` or already plain dicts. ``model`` may be wrapped in DDP. ``model_avg`` is stored as
-    float32 (the module itself is not changed). ``params`` keys go to the top level of the file and must
-    not clash with the reserved keys. Returns ``path``.
+    A crash (or exception, e.g. a full disk) during the write leaves any previous file at ``path`` untouched
+    and no partial file behind; a process killed outright leaves a ``.tmp-*`` file that
+    :func:`remove_stale_checkpoint_temporaries` removes. ``optimizer`` / ``scheduler`` / ``scaler`` /
+    ``sampler`` may be objects with ``state_dict()`` or already plain dicts. ``model`` may be wrapped in DDP.
+    ``model_avg`` is stored in its own dtype (float64 in training: storing it as float32 changed it by up to
+    1e-7 on every resume). ``params`` keys go to the top level of the file and must not clash with the
+    reserved keys. Returns ``path``.
     """
     path = Path(path)
     checkpoint: dict[str, Any] = {
@@ -210,10 +280,7 @@ def save_checkpoint(
         "sampler": _state_of(sampler, "sampler"),
     }
     if model_avg is not None:
-        checkpoint["model_avg"] = {
-            k: (v.detach().to(torch.float32) if v.is_floating_point() else v.detach())
-            for k, v in unwrap_model(model_avg).state_dict().items()
-        }
+        checkpoint["model_avg"] = {k: v.detach() for k, v in unwrap_model(model_avg).state_dict().items()}
     if rng:
         checkpoint["rng"] = get_rng_state()
     if params:
@@ -225,17 +292,11 @@ def save_checkpoint(
         if batch_idx is not None and "batch_idx_train" not in checkpoint:
             checkpoint["batch_idx_train"] = int(batch_idx)
 
+    checkpoint[_DIGEST_KEY] = checkpoint_digest(checkpoint)
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:
+        torch.save(checkpoint, f)
     _fsync_dir(path.parent)
     logger.info(f"Saved checkpoint {path}")
     return path
@@ -256,12 +317,14 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _load_file(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint dict in ``path``, its checksum verified when it has one (CorruptCheckpointError)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     if not isinstance(ckpt, dict):
         raise TypeError(f"checkpoint {path} holds a {type(ckpt).__name__}; expected a dict")
+    _verify(path, ckpt)
     return ckpt
 
 
@@ -296,11 +359,14 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (``torch.load(weights_only=True)``, on CPU).
 
+    The checksum is verified first (a file without one, from before checksums, loads unverified); a
+    mismatch raises CorruptCheckpointError (one line naming the file) before anything is restored.
     Restores every object given (``model`` may be DDP-wrapped; ``module.`` prefixes in the file are
     stripped). With ``rng=True`` the saved RNG states are restored too. Returns the rest of the file: the
     params keys plus ``sampler`` / ``rng`` (and any state whose object was not given), for the caller.
     """
     ckpt = _load_file(path)
+    ckpt.pop(_DIGEST_KEY, None)
     if model is not None:
         if "model" not in ckpt:
             raise KeyError(f"checkpoint {path} has no 'model' entry; keys: {sorted(ckpt)}")
@@ -356,11 +422,17 @@ _UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, TypeError, KeyError,
 
 
 def _probe(path: Path) -> tuple[bool, int | None]:
-    """(readable, stored batch_idx_train) of a checkpoint file, without reading its tensors."""
+    """(readable and intact, stored batch_idx_train) of a checkpoint file (memory-mapped: its tensors are read
+    once, for the checksum, and not kept)."""
     try:
         ckpt = _load_file(path, mmap=True)
-    except _UNREADABLE as e:  # an unreadable file must not stop a resume from an older one
-        logger.warning(f"cannot read checkpoint {path}: {e}")
+    except _UNREADABLE as e:  # a damaged file must not stop a resume from an older one
+        if isinstance(e, CorruptCheckpointError):
+            why = str(e)
+        else:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            why = f"{path}: unreadable checkpoint ({first})"
+        logger.warning(f"{why}; skipping it for an older checkpoint")
         return False, None
     idx = _find_batch_idx(ckpt)
     return True, (int(idx) if idx is not None else None)
@@ -371,8 +443,8 @@ def latest_checkpoint(exp_dir: str | Path, include_epochs: bool = True) -> Path 
 
     Candidates are the newest readable ``checkpoint-N.pt`` and (with ``include_epochs``) the newest readable
     ``epoch-E.pt``; they are compared by their stored ``batch_idx_train`` (a ``checkpoint-N.pt`` without one
-    counts as N; an epoch file wins a tie, since it marks a clean epoch boundary). Unreadable files are
-    skipped with a warning.
+    counts as N; an epoch file wins a tie, since it marks a clean epoch boundary). Unreadable files and files
+    whose checksum does not match are skipped with a one-line warning naming them.
     """
     best: tuple[int, int, Path] | None = None
     kinds = [(1, _numbered(exp_dir, _BATCH_CKPT_RE))]
@@ -402,6 +474,24 @@ def remove_old_checkpoints(exp_dir: str | Path, keep_last_k: int) -> list[Path]:
     for p in find_checkpoints(exp_dir)[keep_last_k:]:
         p.unlink(missing_ok=True)
         removed.append(p)
+    return removed
+
+
+# Temporary files of saves: save_checkpoint's (fileio.atomic_write) and those of releases before it.
+_TEMPORARY_PATTERNS = (
+    TMP_PREFIX + "checkpoint-*.pt.*", TMP_PREFIX + "epoch-*.pt.*", TMP_PREFIX + "best-valid.pt.*",
+    ".checkpoint-*.pt.tmp-*", ".epoch-*.pt.tmp-*", ".best-valid.pt.tmp-*",
+)
+
+
+def remove_stale_checkpoint_temporaries(exp_dir: str | Path) -> list[Path]:
+    """Delete the temporary files that saves killed mid-write left in ``exp_dir`` (each as large as a
+    checkpoint); returns what was removed. Call it only while holding the exp dir's lock, when no save of
+    this exp dir can be running."""
+    removed: list[Path] = []
+    if Path(exp_dir).is_dir():
+        for pattern in _TEMPORARY_PATTERNS:
+            removed += remove_stale_temporaries(exp_dir, pattern)
     return removed
 
 

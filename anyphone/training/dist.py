@@ -88,6 +88,16 @@ def all_ranks_true(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
+    """For each flag, True if it holds on at least one rank (one all-reduce for all of them), so every rank
+    stops at the same step when any one of them has to (a budget spent, a stop signal received)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [bool(f) for f in flags]
+    t = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

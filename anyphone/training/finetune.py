@@ -345,6 +345,7 @@ def _model_flags(init: InitModel) -> list[str]:
 
 def _write_lang_dir(init: InitModel, lang_dir: Path) -> Path:
     """EXP_DIR/lang/tokens.txt: the init model's tokens, or the built-in ZIPA tokens when it has none."""
+    from anyphone.fileio import atomic_write_bytes
     from anyphone.text.tokenizer import IpaTokenizer, default_lang_dir
 
     src = init.tokens or (default_lang_dir() / "tokens.txt")
@@ -354,7 +355,7 @@ def _write_lang_dir(init: InitModel, lang_dir: Path) -> Path:
         raise FinetuneError(f"--init-from {init.label}: the model has {init.vocab_size} outputs but {where} has "
                             f"{tok.vocab_size} tokens; put the model's tokens.txt beside the checkpoint")
     lang_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, lang_dir / "tokens.txt")
+    atomic_write_bytes(lang_dir / "tokens.txt", Path(src).read_bytes())
     return lang_dir
 
 
@@ -445,8 +446,15 @@ def best_result(exp_dir: str | Path) -> dict | None:
 
 
 def finetune(opts: argparse.Namespace, extra: list[str] | None = None) -> dict | None:
-    """Run the whole fine-tuning: resolve the model, prepare the data, train; returns :func:`best_result`."""
-    from anyphone.training.loop import run
+    """Run the whole fine-tuning: resolve the model, prepare the data, train; returns :func:`best_result`.
+
+    Holds the exp dir's lock from the data preparation to the end of training, so a second ``finetune`` (or
+    training) on the same exp dir is refused in one line instead of converting and training over this one.
+    """
+    import contextlib
+
+    from anyphone.fileio import LockedError
+    from anyphone.training.loop import hold_exp_dir, run
     from anyphone.training.tasks import get_task
 
     extra = list(extra or [])
@@ -462,13 +470,19 @@ def finetune(opts: argparse.Namespace, extra: list[str] | None = None) -> dict |
         raise FinetuneError(f"--dev-dir {opts.dev_dir} is the training data; give a separate dev set")
     _p(f"starting from {init.label} ({init.checkpoint}): {init.family}, {init.config.name} shape")
     exp.mkdir(parents=True, exist_ok=True)
-    _write_lang_dir(init, exp / "lang")
-    data = prepare_data(opts.input, exp / "data", dev_dir=opts.dev_dir, dev_fraction=opts.dev_fraction,
-                        language=opts.language, remove_diacritics=opts.remove_diacritics)
-    fit_batching(args, data.train_seconds, extra)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(hold_exp_dir(exp))
+        except LockedError as e:
+            raise FinetuneError(str(e)) from None
+        _write_lang_dir(init, exp / "lang")
+        data = prepare_data(opts.input, exp / "data", dev_dir=opts.dev_dir, dev_fraction=opts.dev_fraction,
+                            language=opts.language, remove_diacritics=opts.remove_diacritics)
+        fit_batching(args, data.train_seconds, extra)
 
-    offset = PRETRAINED_SCHEDULE_COUNT if opts.pretrained_schedules else 0.0
-    run(args, _PretrainedScheduleTask(get_task(init.family), offset))
+        offset = PRETRAINED_SCHEDULE_COUNT if opts.pretrained_schedules else 0.0
+        # exits with status 3 (loop.EXIT_CHECKPOINTED_ON_SIGNAL) when SIGTERM / SIGUSR1 stopped it
+        run(args, _PretrainedScheduleTask(get_task(init.family), offset))
 
     best = best_result(exp)
     if best is None:
