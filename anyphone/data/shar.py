@@ -762,7 +762,7 @@ def _check_samples(x: np.ndarray, where: str) -> np.ndarray:
     return x
 
 
-def _read_table(path: Path, duplicates: dict[str, list[int]] | None = None) -> dict[str, str]:
+def read_kaldi_table(path: Path, duplicates: dict[str, list[int]] | None = None) -> dict[str, str]:
     """Kaldi table ``utt_id rest-of-line`` -> dict. Blank lines are ignored; for a line with an id
     only, the value is ''.
 
@@ -958,14 +958,14 @@ def kaldi_dir_to_shar(
     data_dir = Path(data_dir)
     wave_file, text_file, lang_file = kaldi_dir_files(data_dir)
     dups: dict[str, dict[str, list[int]]] = {wave_file.name: {}, text_file.name: {}}
-    waves = _read_table(wave_file, dups[wave_file.name])
-    texts = _read_table(text_file, dups[text_file.name])
+    waves = read_kaldi_table(wave_file, dups[wave_file.name])
+    texts = read_kaldi_table(text_file, dups[text_file.name])
     if not waves and not texts:
         raise FileNotFoundError(f"corpus directory {data_dir}: {wave_file.name} and text are empty")
     langs = {}
     if lang_file:
         dups[lang_file.name] = {}
-        langs = _read_table(lang_file, dups[lang_file.name])
+        langs = read_kaldi_table(lang_file, dups[lang_file.name])
 
     report = CorpusReport(out_dir=str(out_dir))
 

@@ -86,19 +86,6 @@ class PreparedData:
     reused: bool  # True when an earlier run had already converted the data
 
 
-def _read_table(path: Path) -> dict[str, str]:
-    """Kaldi table ``utt_id value`` (space or tab after the id) -> dict, blank lines ignored."""
-    table: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split(maxsplit=1)
-            table[parts[0]] = parts[1].strip() if len(parts) > 1 else ""
-    return table
-
-
 def _kaldi_files(data_dir: Path) -> tuple[Path, Path, Path | None]:
     """(audio list, text, language list or None) of a Kaldi-style directory; FinetuneError when incomplete."""
     from anyphone.data.shar import kaldi_dir_files
@@ -126,8 +113,22 @@ def split_kaldi_dir(data_dir: str | Path, out_dir: str | Path, dev_fraction: flo
     if not 0.0 < dev_fraction < 1.0:
         raise FinetuneError(f"--dev-fraction {dev_fraction}: expected a number between 0 and 1")
     wave_file, text_file, lang_file = _kaldi_files(data_dir)
-    waves, texts = _read_table(wave_file), _read_table(text_file)
-    langs = _read_table(lang_file) if lang_file else {}
+    from anyphone.data.shar import read_kaldi_table
+
+    dup_lines: dict[str, dict[str, list[int]]] = {wave_file.name: {}, text_file.name: {}, "utt2lang": {}}
+    waves = read_kaldi_table(wave_file, dup_lines[wave_file.name])
+    texts = read_kaldi_table(text_file, dup_lines[text_file.name])
+    langs = read_kaldi_table(lang_file, dup_lines["utt2lang"]) if lang_file else {}
+    dups = {u for d in dup_lines.values() for u in d}
+    if dups:
+        # never last-one-wins: that would pair one utterance's audio with another's transcript
+        shown = ", ".join(f"{u} ({name} lines {' '.join(map(str, d[u]))})"
+                          for name, d in dup_lines.items() for u in sorted(d)[:5])
+        log.warning(f"{data_dir}: {len(dups)} utterance id(s) appear more than once and are skipped: {shown}"
+                    + (" ..." if len(dups) > 5 else ""))
+        for table in (waves, texts, langs):
+            for u in dups:
+                table.pop(u, None)
 
     def abs_path(value: str) -> str:
         if not value or value.endswith("|"):  # pipes are reported as unsupported by the converter

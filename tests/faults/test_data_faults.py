@@ -414,3 +414,21 @@ def test_espeak_copy_ignores_planted_folder_and_symlinks(tmp_path: Path, monkeyp
     finally:
         dst.unlink()
         dst.parent.rmdir()
+
+
+def test_finetune_split_skips_duplicate_ids(tmp_path: Path, caplog):
+    """The fine-tuning train/dev split reads the tables the same way: a duplicated id is listed and skipped,
+    never paired with the other line's transcript."""
+    from anyphone.training.finetune import split_kaldi_dir
+
+    d = tmp_path / "corpus"
+    d.mkdir()
+    for i in range(4):
+        sf.write(d / f"a{i}.wav", np.zeros(16000, dtype="float32"), 16000)
+    (d / "wave").write_text("".join(f"u{i} a{i}.wav\n" for i in range(4)), encoding="utf-8")
+    (d / "text").write_text("u0 aba\nu1 mama\nu2 aba\nu3 mama\nu1 ʃiː\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        train, dev = split_kaldi_dir(d, tmp_path / "split")
+    assert "1 utterance id(s) appear more than once and are skipped: u1 (text lines 2 5)" in caplog.text
+    ids = [line.split()[0] for part in (train, dev) for line in (part / "text").read_text().splitlines()]
+    assert sorted(ids) == ["u0", "u2", "u3"]
