@@ -12,8 +12,9 @@ Three stages, in the order the dataset applies them:
 3. feature batch transforms on (N, T, F) fbank: :class:`SpecAugment` (time warp, frequency and
    time masks). Off by default because the CR-CTC model applies its own SpecAugment.
 
-Every random choice uses a ``random.Random``/``numpy`` generator owned by the transform, seeded
-per worker by the data module, so runs are reproducible.
+Every random choice uses a ``random.Random``/``numpy``/``torch`` generator owned by the transform. The data
+module reseeds them before each training batch from (seed, rank, epoch, batch index), so a batch is the same
+whichever worker makes it and after any resume (see ``anyphone.data.module``).
 """
 
 from __future__ import annotations

@@ -10,8 +10,21 @@ Batches are dicts (see the project brief):
 
 The sampler (lhotse ``DynamicBucketingSampler``) runs in the main process and its batches of
 cuts (with their FLAC bytes) go to the dataloader workers, which apply augmentation and compute
-fbank. Keeping the sampler in the main process makes ``sampler.state_dict()`` an exact resume
-point and lets the sampler split batches across DDP ranks.
+fbank. Keeping the sampler in the main process lets it split batches across DDP ranks.
+
+Exact resume. Training must continue after a kill exactly as if it had never stopped, so nothing random
+here lives in a long-lived generator whose state a checkpoint would have to carry:
+
+* the training sampler is wrapped in :class:`ResumableSampler`, which numbers its batches (epoch, index) and
+  whose state is the position of the last batch the training loop *received*; lhotse's own state counts the
+  batches the sampler produced, which with dataloader workers runs several batches ahead (prefetching), so a
+  resume from it skipped batches. The shard order of each epoch is a function of (seed, epoch) too.
+* each training batch's augmentation (speed, volume, silence, noise, SpecAugment) draws from generators
+  reseeded from (seed, rank, epoch, index) before the batch is made, so it does not matter which worker
+  makes it, nor where a run was restarted. (Features are bitwise equal for equal torch thread counts: workers
+  use one thread; with --num-workers 0 the training process computes them with its own.)
+* the training step's own randomness (dropout, layer skipping, CR-CTC's masks) is reseeded per batch by the
+  training loop from :func:`derive_seed` (seed, rank, batch count).
 """
 
 from __future__ import annotations
@@ -20,8 +33,9 @@ import argparse
 import copy
 import itertools
 import logging
-from collections.abc import Sequence
-from typing import Any
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -31,7 +45,14 @@ from torch.utils.data import DataLoader
 
 from anyphone.data.augment import NoiseAugment, SilenceAugment, SpecAugment, SpeedPerturb, VolumePerturb
 from anyphone.data.fbank import SAMPLE_RATE, compute_fbank, num_frames, pad_waves
-from anyphone.data.shar import open_shar, open_train_shars, parse_named_dir, parse_weighted_dir, shar_fields
+from anyphone.data.shar import (
+    open_shar,
+    open_train_shars,
+    parse_named_dir,
+    parse_weighted_dir,
+    shar_fields,
+    shar_read_options,
+)
 from anyphone.utils import str2bool
 
 log = logging.getLogger(__name__)
@@ -43,6 +64,18 @@ def _snr_range(v: str) -> tuple[float, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"--snr-range: expected LOW,HIGH in dB (e.g. 0,30), got {v!r}")
     return (min(lo, hi), max(lo, hi))
+
+
+def derive_seed(stream: str, *keys: int) -> int:
+    """A 32-bit seed that is a fixed function of a stream name and integer keys, e.g.
+    ``derive_seed("augment", seed, rank, epoch, batch_index)``.
+
+    The same arguments give the same seed in any process, on any machine, before or after a resume, which is
+    what lets every random draw of training be remade exactly instead of saved. Different stream names give
+    unrelated seeds even for equal keys. Negative keys (a negative --seed) are allowed.
+    """
+    entropy = [zlib.crc32(stream.encode()), *(int(k) % 2**64 for k in keys)]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def encoder_output_frames(num_fbank_frames: int, output_downsampling_factor: int = 1) -> int:
@@ -136,6 +169,10 @@ class PhoneDataset(torch.utils.data.Dataset):
     Steps: cut transforms (speed/volume) -> load audio (mono, 16 kHz) -> silence augmentation
     (may empty transcripts) -> additive noise -> fbank (unless ``fbank_on_device``) ->
     SpecAugment (only with features) -> token ids.
+
+    The item is a CutSet, or a :class:`PositionedBatch` from :class:`ResumableSampler`. For the latter,
+    with ``seed`` given, every transform is first reseeded from (seed, rank, epoch, index), so the batch comes
+    out the same in any worker and after any resume, and the batch dict gets ``position`` (epoch, index).
     """
 
     def __init__(
@@ -148,6 +185,8 @@ class PhoneDataset(torch.utils.data.Dataset):
         spec_augment: SpecAugment | None = None,
         fbank_on_device: bool = False,
         remove_diacritics: bool = False,
+        seed: int | None = None,
+        rank: int = 0,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
@@ -157,9 +196,10 @@ class PhoneDataset(torch.utils.data.Dataset):
         self.spec_augment = spec_augment
         self.fbank_on_device = fbank_on_device
         self.remove_diacritics = remove_diacritics
+        self.seed, self.rank = seed, rank
 
     def reseed(self, seed: int) -> None:
-        """Give every random transform its own stream derived from ``seed`` (per worker)."""
+        """Give every random transform its own stream derived from ``seed``."""
         import random
 
         for k, t in enumerate(
@@ -167,7 +207,7 @@ class PhoneDataset(torch.utils.data.Dataset):
         ):
             if t is None:
                 continue
-            s = (seed * 1000003 + k) % (2**32)
+            s = derive_seed("transform", seed, k)
             if hasattr(t, "reseed"):
                 t.reseed(s)
             elif hasattr(t, "rng"):
@@ -183,7 +223,14 @@ class PhoneDataset(torch.utils.data.Dataset):
             audio = audio.mean(axis=0) if audio.shape[0] > 1 else audio[0]
         return audio
 
-    def __getitem__(self, cuts: CutSet) -> dict[str, Any]:
+    def __getitem__(self, item: CutSet | PositionedBatch) -> dict[str, Any]:
+        position = None
+        if isinstance(item, PositionedBatch):
+            cuts, position = item.cuts, (item.epoch, item.index)
+            if self.seed is not None:
+                self.reseed(derive_seed("augment", self.seed, self.rank, *position))
+        else:
+            cuts = item
         for t in self.cut_transforms:
             cuts = t(cuts)
         kept, waves = [], []
@@ -216,12 +263,15 @@ class PhoneDataset(torch.utils.data.Dataset):
         batch["texts"] = texts
         batch["cut_ids"] = [c.id for c in kept]
         batch["languages"] = [_cut_language(c) for c in kept]
+        if position is not None:
+            batch["position"] = position
         return batch
 
 
 class _WorkerInit:
-    """Reseeds each worker's augmentation from torch's per-worker seed (which differs per worker
-    and per epoch, and follows the main process RNG) and the DDP rank."""
+    """Reseeds each worker's numpy RNG and augmentation from torch's per-worker seed (which differs per
+    worker and per epoch, and follows the main process RNG) and the DDP rank. Training batches
+    (:class:`PositionedBatch`) are reseeded again from their position, so this seed never shapes them."""
 
     def __init__(self, rank: int) -> None:
         self.rank = rank
@@ -232,6 +282,130 @@ class _WorkerInit:
         np.random.seed(seed)
         if info is not None and hasattr(info.dataset, "reseed"):
             info.dataset.reseed(seed)
+
+
+class PositionedBatch(NamedTuple):
+    """A batch of cuts and where the sampler made it: the ``index``-th batch (from 0) of sampler epoch
+    ``epoch``. The cuts come first, so lhotse's ``find_pessimistic_batches`` reads it as a batch tuple."""
+
+    cuts: CutSet
+    epoch: int
+    index: int
+
+
+POSITION_STATE = "anyphone-sampler-position-1"
+
+
+class SamplerStateError(ValueError):
+    """A saved sampler state this run cannot continue from (other --seed or --world-size, unreadable)."""
+
+
+def _shar_readers(cuts: Any) -> list[Any]:
+    """The lazy Shar readers under a (filtered, muxed, repeated) CutSet."""
+    from lhotse.shar.readers.lazy import LazySharIterator
+
+    found, stack, seen = [], [cuts], set()
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, LazySharIterator):
+            found.append(obj)
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+        elif type(obj).__module__.startswith("lhotse") and hasattr(obj, "__dict__"):
+            stack.extend(vars(obj).values())  # CutSet.cuts, LazyFilter.iterator, mux .iterators, ...
+    return found
+
+
+class ResumableSampler:
+    """The training sampler (a lhotse CutSampler) with numbered batches and an exact resume point.
+
+    Iterating yields :class:`PositionedBatch` items. The training DataLoader (:class:`TrainDataLoader`) calls
+    :meth:`mark_received` for each batch it hands over, and :meth:`state_dict` is that position, so it
+    stays exact however far dataloader workers prefetch. :meth:`load_state_dict` makes the next iteration
+    start after the last received batch (the sampler replays the epoch up to there: same seed, same epoch,
+    same batches).
+
+    Each epoch's shard order is set from (seed, epoch): lhotse's Shar reader otherwise shuffles the shards
+    by how many times it has been read in this process, which a restarted process does not know. (Its count
+    when the sampler is built, after the sampler's look at the first cuts, is kept as the base, so epoch ``e``
+    reads the shards in the order an uninterrupted process always used.)
+    """
+
+    def __init__(self, sampler: Any, cuts: CutSet, *, seed: int, world_size: int) -> None:
+        self.sampler = sampler
+        self.seed, self.world_size = int(seed), int(world_size)
+        self._shar = [(reader, reader.epoch) for reader in _shar_readers(cuts)]
+        self.epoch = 0
+        self.received = 0  # batches of self.epoch the training loop has received
+        self._resume_at = 0  # batches the next iteration skips (set by load_state_dict)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` (from 0) at its first batch."""
+        self.epoch, self.received, self._resume_at = int(epoch), 0, 0
+        self.sampler.set_epoch(self.epoch)
+
+    def __iter__(self) -> Iterator[PositionedBatch]:
+        epoch, skip = self.epoch, self._resume_at
+        self._resume_at = 0
+        self.received = skip
+        for reader, base in self._shar:
+            reader.epoch = base + epoch
+        self.sampler.set_epoch(epoch)
+        self.sampler.allow_iter_to_reset_state()  # a fresh pass over the epoch, not lhotse's restored one
+        for index, cuts in enumerate(self.sampler):
+            if index >= skip:
+                yield PositionedBatch(cuts, epoch, index)
+
+    def mark_received(self, epoch: int, index: int) -> None:
+        """The training loop has the ``index``-th batch of ``epoch``: a resume continues after it."""
+        if epoch == self.epoch:
+            self.received = max(self.received, index + 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"format": POSITION_STATE, "epoch": self.epoch, "batches": self.received, "seed": self.seed,
+                "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue after the saved position. Also reads the state of a bare lhotse sampler (checkpoints
+        written before positions were kept), whose count may be a few batches ahead of training."""
+        if state.get("format") == POSITION_STATE:
+            epoch, batches = int(state["epoch"]), int(state["batches"])
+        else:
+            try:
+                epoch = int(state["epoch"])
+                diag = state["diagnostics"]
+                stats = diag["stats_per_epoch"][diag["current_epoch"]]
+                batches = int(stats["kept_batches"]) + int(stats["discarded_batches"])
+            except (KeyError, TypeError, ValueError) as e:
+                why = f"sampler state in the checkpoint is not one this version can read ({e!r})"
+                raise SamplerStateError(why) from None
+            log.warning("sampler state from an older checkpoint: lhotse's count, which may be a few batches "
+                        "ahead of the training (dataloader prefetch); the resume is not exact")
+        # (lhotse's own world_size is 1 where the ranks read different shards: only ours is comparable)
+        checked = (("seed", self.seed), ("world_size", self.world_size))
+        for key, now in checked if state.get("format") == POSITION_STATE else checked[:1]:
+            if key in state and int(state[key]) != now:
+                flag = "--seed" if key == "seed" else "--world-size"
+                raise SamplerStateError(f"the checkpoint's sampler was saved with {flag} {state[key]}, this run "
+                                        f"has {now}; resume with the flags it was trained with")
+        self.epoch, self.received, self._resume_at = epoch, batches, batches
+
+
+class TrainDataLoader(DataLoader):
+    """The training DataLoader: tells its :class:`ResumableSampler` which batches the training loop received
+    (the sampler itself runs ahead of the loop by the batches the workers prefetch)."""
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in super().__iter__():
+            if isinstance(batch, dict) and "position" in batch:
+                # the loader's conversion turns the (epoch, index) tuple into a list
+                batch["position"] = epoch, index = tuple(int(v) for v in batch["position"])
+                if hasattr(self.sampler, "mark_received"):
+                    self.sampler.mark_received(epoch, index)
+            yield batch
 
 
 class PhoneDataModule:
@@ -284,6 +458,15 @@ class PhoneDataModule:
         g = _Group()
         g.add_argument("--train-shar", action="append", default=[], metavar="DIR[:WEIGHT]",
                        help="Training Shar directory with an optional sampling weight; repeatable.")
+        g.add_argument("--trust-data-commands", type=str2bool, default=False,
+                       help="Allow cuts whose audio is loaded by running a command (lhotse 'command' or "
+                       "'pipe:' sources, .sph files decoded with sph2pipe). Off: such cuts are refused.")
+        g.add_argument("--max-bad-shards", type=int, default=10,
+                       help="Shards that cannot be read (corrupt or truncated) are named, skipped and "
+                       "counted; more than this many stop the run.")
+        g.add_argument("--keep-unk-cuts", type=str2bool, default=False,
+                       help="Keep training cuts whose transcript has labels outside the inventory (they "
+                       "train as <unk>). Off: they are counted per shard at start-up and dropped.")
         g.add_argument("--dev-shar", action="append", default=[], metavar="DIR",
                        help="Validation Shar directory; repeatable (concatenated).")
         g.add_argument("--test-shar", action="append", default=[], metavar="NAME=DIR",
@@ -362,10 +545,11 @@ class PhoneDataModule:
                 spec = SpecAugment(time_warp=self._arg("spec_aug_time_warp_factor", 80), seed=seed + 4)
         return PhoneDataset(tokenizer, cut_transforms=cut_transforms, silence_augment=silence,
                             noise_augment=noise, spec_augment=spec, fbank_on_device=a.fbank_on_device,
-                            remove_diacritics=a.remove_diacritics)
+                            remove_diacritics=a.remove_diacritics, seed=seed, rank=self.rank)
 
-    def _loader(self, dataset: PhoneDataset, sampler: Any, num_workers: int) -> DataLoader:
-        return DataLoader(
+    def _loader(self, dataset: PhoneDataset, sampler: Any, num_workers: int,
+                loader_class: type[DataLoader] = DataLoader) -> DataLoader:
+        return loader_class(
             dataset,
             sampler=sampler,
             batch_size=None,  # the sampler yields whole batches (CutSets)
@@ -414,6 +598,7 @@ class PhoneDataModule:
             repeat=a.repeat_train,
             rank=self.rank if split else 0,
             world_size=self.world_size if split else 1,
+            **shar_read_options(a, tokenizer),
         )
         self.train_filter = CutFilter(
             tokenizer,
@@ -426,8 +611,9 @@ class PhoneDataModule:
         return cuts.filter(self.train_filter), split
 
     def train_dataloader(self, tokenizer: Any, sampler_state_dict: dict | None = None) -> DataLoader:
-        """Training DataLoader; ``dl.sampler`` is the DynamicBucketingSampler (``state_dict()``,
-        ``set_epoch(epoch)``). Pass a saved ``sampler_state_dict`` to resume where it stopped."""
+        """Training DataLoader; ``dl.sampler`` is a :class:`ResumableSampler` over the bucketing sampler
+        (``state_dict()``: the position of the last batch this loader handed out; ``set_epoch(epoch)``).
+        Pass a saved ``sampler_state_dict`` to resume right after that batch."""
         a = self.args
         cuts, split = self.train_cuts(tokenizer)
         sampler = self._sampler(
@@ -441,10 +627,12 @@ class PhoneDataModule:
             seed=int(a.seed),
         )
         self.train_filter.reset()  # the sampler peeked at the first cuts
+        resumable = ResumableSampler(sampler, cuts, seed=int(a.seed), world_size=self.world_size)
         if sampler_state_dict is not None:
-            log.info("resuming the training sampler from its state dict")
-            sampler.load_state_dict(copy.deepcopy(sampler_state_dict))  # lhotse empties the dict
-        return self._loader(self._dataset(tokenizer, train=True), sampler, a.num_workers)
+            resumable.load_state_dict(copy.deepcopy(sampler_state_dict))
+            log.info(f"resuming the training sampler: epoch {resumable.epoch} (from 0), after its batch "
+                     f"{resumable.received}")
+        return self._loader(self._dataset(tokenizer, train=True), resumable, a.num_workers, TrainDataLoader)
 
     def dev_dataloader(self, tokenizer: Any) -> DataLoader:
         """Validation DataLoader over all --dev-shar directories (no augmentation, full set on
@@ -452,7 +640,7 @@ class PhoneDataModule:
         a = self.args
         if not a.dev_shar:
             raise ValueError("no validation data: pass --dev-shar DIR")
-        sets = [open_shar(d) for d in a.dev_shar]
+        sets = [open_shar(d, **shar_read_options(a)) for d in a.dev_shar]
         cuts = sets[0]
         for more in sets[1:]:
             cuts = cuts + more  # lazy concatenation
@@ -470,5 +658,6 @@ class PhoneDataModule:
             if name in out:
                 raise ValueError(f"--test-shar {spec!r}: test set name {name!r} given twice")
             out[name] = self._loader(self._dataset(tokenizer, train=False),
-                                     self._eval_sampler(open_shar(d)), self.args.num_workers)
+                                     self._eval_sampler(open_shar(d, **shar_read_options(self.args))),
+                                     self.args.num_workers)
         return out

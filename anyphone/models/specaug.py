@@ -136,8 +136,8 @@ def mask_features(x: torch.Tensor, x_lens: torch.Tensor, cfg: SpecAugmentConfig,
 class SpecAugment(torch.nn.Module):
     """Time warp plus masks; `forward(x, x_lens)` -> augmented x, (N, T, F).
 
-    seed: draw from a private generator (the data pipeline's workers reseed it) instead of torch's global RNG
-    (the training step's, which the checkpoints save and restore).
+    seed: draw from a private generator (the data pipeline reseeds it per batch) instead of torch's global RNG
+    (the training step's, which the training loop seeds before every step, so a resumed run draws the same).
     """
 
     def __init__(self, cfg: SpecAugmentConfig | None = None, seed: int | None = None) -> None:

@@ -5,20 +5,41 @@ turn a batch into a loss. Everything else lives here once: DDP (mp.spawn or torc
 fp16/bf16 autocast, gradient accumulation, ScaledAdam + Eden, the running model average, atomic checkpoints
 every --save-every-n batches, resume (explicit --start-batch or the newest checkpoint in --exp-dir), skipping
 non-finite losses, validation, TensorBoard/wandb/metrics.jsonl and a PNG of the curves.
+
+Faults a long run meets, and what it does about them:
+
+- One run per exp dir: the run takes ``EXP_DIR/.lock`` (its host and pid; rank 0, or the process that spawns
+  the --world-size workers) and a second run on the same exp dir is refused in one line naming the holder. A
+  lock left by a dead process on this host is taken over with a note; the lock is an ``O_EXCL`` file, so it
+  also holds on storage that several nodes share.
+- A refused start changes nothing: config.json and tokens.txt are written (atomically) only once the resumed
+  checkpoint has loaded and the data has opened.
+- Checkpoints carry a checksum of their contents; a damaged newest one is named and skipped for the one
+  before.
+  Temporary files of saves that were killed are removed at the next start. A full disk stops the run with one
+  line saying what could not be written and which checkpoint is intact.
+- SIGTERM or SIGUSR1 (a batch system's notice before it ends a job): every rank finishes its current step,
+  they agree to stop at the same one, rank 0 saves a checkpoint, and the run exits with status 3
+  (EXIT_CHECKPOINTED_ON_SIGNAL), so a job script can requeue itself; running the same command continues.
+  Exit status: 0 finished (budget or epochs done), 1 an error, 3 checkpointed on a signal.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,11 +47,14 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from anyphone.data.shar import DataError
+from anyphone.fileio import DirLock, LockedError, atomic_write_bytes, atomic_write_text, is_disk_full
 from anyphone.training.dist import (
     DistInfo,
     all_ranks_true,
     all_reduce_max,
     all_reduce_sum,
+    any_rank,
     barrier,
     cleanup_distributed,
     init_distributed,
@@ -39,11 +63,24 @@ from anyphone.training.dist import (
 from anyphone.training.monitor import Monitor, setup_logging
 from anyphone.utils import str2bool
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 log = logging.getLogger("anyphone.train")
+
+# Exit status of a run that a stop signal (SIGTERM, SIGUSR1) ended after saving a checkpoint: a job script can
+# requeue on it (0: finished, 1: an error, 3: checkpointed on a signal: run the same command again to
+# continue).
+EXIT_CHECKPOINTED_ON_SIGNAL = 3
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1") if hasattr(signal, n))
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("training (icefall names)")
+    g = parser.add_argument_group(
+        "training (icefall names)",
+        "One run per --exp-dir (EXP_DIR/.lock). SIGTERM or SIGUSR1 make the run finish its step, save a "
+        "checkpoint and exit with status 3, so a job script can requeue; the same command then continues. "
+        "Exit status: 0 finished, 1 an error, 3 checkpointed on a signal.")
     g.add_argument("--world-size", type=int, default=1, help="Number of processes (GPUs, or CPU workers) for DDP.")
     g.add_argument("--master-port", type=int, default=12354, help="Rendezvous port for --world-size > 1.")
     g.add_argument("--exp-dir", type=Path, default=Path("exp"), help="Checkpoints, logs and curves go here.")
@@ -114,6 +151,18 @@ def fix_random_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def seed_step_rngs(seed: int, rank: int, batch_idx_train: int) -> None:
+    """Seed Python's, numpy's and torch's global RNGs (CPU and every CUDA device) for one training step.
+
+    Dropout, layer skipping, the Balancer/Whiten coin flips and CR-CTC's SpecAugment views draw from them.
+    Seeding from (--seed, rank, batch count) before each step makes a resumed run draw exactly what an
+    uninterrupted one draws, on any device and whatever ran in between, with no RNG state to carry over.
+    """
+    from anyphone.data.module import derive_seed
+
+    fix_random_seed(derive_seed("train-step", seed, rank, batch_idx_train))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -216,7 +265,8 @@ class TrainState:
         self.train_minutes = 0.0  # wall time spent training, over all resumes (what --max-minutes counts)
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        # stopped_on_signal (set at the very end of a run) says how this process ended, not where training is
+        return {k: v for k, v in self.__dict__.items() if k != "stopped_on_signal"}
 
     def load(self, d: dict) -> None:
         for k, v in d.items():
@@ -224,35 +274,208 @@ class TrainState:
                 setattr(self, k, v)
 
 
+class StopSignals:
+    """Turns SIGTERM / SIGUSR1 into a request to stop after the current step (a context manager).
+
+    The handler only records the signal (and calls ``on_signal``, which the spawning parent uses to pass it
+    on); the loop reads ``received`` at the end of every step. Handlers can only be installed from the main
+    thread (elsewhere this records nothing); the previous ones are restored on exit.
+    """
+
+    def __init__(self, on_signal: Callable[[int], None] | None = None) -> None:
+        self.received: int | None = None
+        self.stopping = False  # set by the loop once the ranks agreed to stop on a signal
+        self._on_signal = on_signal
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is None:
+            self.received = signum
+        if self._on_signal is not None:
+            self._on_signal(signum)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received is not None else "a signal on another rank"
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is threading.main_thread():
+            for s in STOP_SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+
+class _WorkerIgnoresStopSignals:
+    """A dataloader ``worker_init_fn`` wrapper: workers ignore SIGTERM / SIGUSR1. A batch system signals every
+    process of the job, and torch's workers die of SIGTERM, which took the run down with a traceback instead
+    of letting it save; the main process handles the signal, and the workers end with it as usual."""
+
+    def __init__(self, inner: Callable[[int], None] | None) -> None:
+        self.inner = inner
+
+    def __call__(self, worker_id: int) -> None:
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        if self.inner is not None:
+            self.inner(worker_id)
+
+
+_HELD_EXP_DIRS: dict[str, DirLock] = {}
+
+
+@contextlib.contextmanager
+def hold_exp_dir(exp_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold the exclusive lock of an exp dir (``EXP_DIR/.lock``, see :class:`anyphone.fileio.DirLock`).
+
+    Re-entrant within one process (``anyphone finetune`` holds it around data preparation and training).
+    Raises LockedError, one line naming the holder's host and pid.
+    """
+    key = os.path.realpath(exp_dir)
+    if key in _HELD_EXP_DIRS:
+        yield
+        return
+    lock = DirLock(exp_dir, name=".lock", what="this exp dir").acquire()
+    _HELD_EXP_DIRS[key] = lock
+    try:
+        yield
+    finally:
+        _HELD_EXP_DIRS.pop(key, None)
+        lock.release()
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _lock_exp_dir(args: argparse.Namespace, info: DistInfo, device: torch.device,
+                  stack: contextlib.ExitStack, parent_holds_lock: bool) -> list[str]:
+    """Rank 0 takes the exp dir's lock for the whole run (unless the spawning parent holds it), before
+    anything is written there. Every rank learns the outcome, so under torchrun the others stop too rather
+    than wait for rank 0. Returns the lock's notes (a stale lock taken over), to be logged once the log is
+    open."""
+    error, notes = None, _Collect()
+    if info.is_main and not parent_holds_lock:
+        fileio_log = logging.getLogger("anyphone.fileio")
+        propagate = fileio_log.propagate
+        fileio_log.addHandler(notes)
+        fileio_log.propagate = False  # the log of this run is not open yet: keep the note for it
+        try:
+            stack.enter_context(hold_exp_dir(args.exp_dir))
+        except LockedError as e:
+            error = str(e)
+        finally:
+            fileio_log.removeHandler(notes)
+            fileio_log.propagate = propagate
+    if not all_ranks_true(error is None, device):
+        raise SystemExit(error or f"rank {info.rank}: stopping, rank 0 could not lock {args.exp_dir}")
+    return notes.messages
+
+
 def run(args: argparse.Namespace, task: Any) -> None:
-    """Entry point for recipes: spawn --world-size processes, or run under torchrun, or run in-process."""
+    """Entry point for recipes: spawn --world-size processes, or run under torchrun, or run in-process.
+
+    Exits with EXIT_CHECKPOINTED_ON_SIGNAL (3) when SIGTERM / SIGUSR1 stopped the run after a checkpoint.
+    """
     if launched_by_torchrun():
         _worker(int(os.environ["RANK"]), args.world_size, args, task)
     elif args.world_size > 1:
-        mp.spawn(_worker, args=(args.world_size, args, task), nprocs=args.world_size, join=True)
+        _spawn(args, task)
     else:
         _worker(0, 1, args, task)
 
 
-def _worker(rank: int, world_size: int, args: argparse.Namespace, task: Any) -> None:
+def _spawn(args: argparse.Namespace, task: Any) -> None:
+    """--world-size N on one machine. This process holds the exp dir's lock for its workers, passes SIGTERM /
+    SIGUSR1 on to them (a batch system may signal only the process it started) and exits as they did."""
+    from torch.multiprocessing.spawn import ProcessExitedException
+
+    try:
+        with hold_exp_dir(args.exp_dir):
+            ctx = mp.spawn(_worker, args=(args.world_size, args, task, True), nprocs=args.world_size,
+                           join=False)
+
+            def forward(signum: int) -> None:
+                for p in ctx.processes:
+                    if p.is_alive():
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(p.pid, signum)
+
+            with StopSignals(on_signal=forward):
+                try:
+                    # a grace period, so ranks that end on their own (status 3 after a signal) are not killed
+                    while not ctx.join(grace_period=120):
+                        pass
+                except ProcessExitedException as e:
+                    if e.exit_code == EXIT_CHECKPOINTED_ON_SIGNAL:
+                        raise SystemExit(EXIT_CHECKPOINTED_ON_SIGNAL) from None
+                    # the worker printed its own message above; one line here, not a second traceback
+                    raise SystemExit(f"training stopped: {e}") from None
+    except LockedError as e:
+        raise SystemExit(str(e)) from None
+
+
+def _worker(rank: int, world_size: int, args: argparse.Namespace, task: Any,
+            parent_holds_lock: bool = False) -> None:
     info = init_distributed(rank, world_size, args.master_port)
     args.world_size = info.world_size
     try:
-        train(args, task, info)
+        state = train(args, task, info, parent_holds_lock=parent_holds_lock)
     finally:
         cleanup_distributed()
+    if getattr(state, "stopped_on_signal", None):
+        raise SystemExit(EXIT_CHECKPOINTED_ON_SIGNAL)
 
 
-def train(args: argparse.Namespace, task: Any, info: DistInfo | None = None) -> TrainState:
-    from anyphone.data.module import PhoneDataModule
+def train(args: argparse.Namespace, task: Any, info: DistInfo | None = None,
+          parent_holds_lock: bool = False) -> TrainState:
+    """Train in this process (one rank). Holds the exp dir's lock (rank 0, unless ``parent_holds_lock``) and
+    handles SIGTERM / SIGUSR1 for the whole run; the returned state has ``stopped_on_signal`` (the signal's
+    name) when a signal stopped it after a checkpoint. Errors on bad input are SystemExit with one line."""
+    info = info or DistInfo()
+    args.exp_dir = Path(args.exp_dir)
+    args.exp_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        # the lock comes first: a refused run must not write a byte in the exp dir, not even a log line
+        notes = _lock_exp_dir(args, info, resolve_device(args, info), stack, parent_holds_lock)
+        setup_logging(args.exp_dir, info.rank)
+        for note in notes:
+            log.warning(note)
+        stop_signals = stack.enter_context(StopSignals())
+        try:
+            state = _train(args, task, info, stop_signals)
+        except DataError as e:  # refused or damaged data, found at start-up or while reading: one line
+            raise SystemExit(_one_line(e)) from None
+        if stop_signals.stopping:
+            state.stopped_on_signal = stop_signals.name
+        return state
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of an error, also when a DataLoader worker raised it: torch then re-raises the same type
+    with the worker's whole traceback as its message, whose last line is the original one."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
+def _train(args: argparse.Namespace, task: Any, info: DistInfo, stop_signals: StopSignals) -> TrainState:
+    from anyphone.data.module import PhoneDataModule, SamplerStateError
     from anyphone.optim import Eden, ScaledAdam
     from anyphone.text.tokenizer import IpaTokenizer
     from anyphone.training import checkpoint as ckpt
 
-    info = info or DistInfo()
-    args.exp_dir = Path(args.exp_dir)
-    args.exp_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(args.exp_dir, info.rank)
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
     tune_cpu_allocator()
@@ -263,16 +486,23 @@ def train(args: argparse.Namespace, task: Any, info: DistInfo | None = None) -> 
         raise SystemExit("--cooldown-fraction needs a fixed budget: --max-batches or --max-minutes")
     if not 0.0 <= args.cooldown_fraction <= 1.0:
         raise SystemExit(f"--cooldown-fraction {args.cooldown_fraction}: expected a fraction in [0, 1]")
-    log.info("Training %s on %s, world size %d", task.name, device, info.world_size)
+    _check_data_dirs(args)
+    log.info("Training %s on %s, world size %d (rank %d, pid %d)", task.name, device, info.world_size,
+             info.rank, os.getpid())
     log.info("Arguments: %s", {k: str(v) for k, v in sorted(vars(args).items())})
+    if info.is_main:
+        # we hold the lock, so no save of this exp dir is running: these are left by killed saves
+        removed = ckpt.remove_stale_checkpoint_temporaries(args.exp_dir)
+        if removed:
+            mb = sum(p.stat().st_size if p.exists() else 0 for p in removed) / 2**20
+            log.warning("Removed %d temporary file(s) of interrupted saves: %s", len(removed),
+                        ", ".join(p.name for p in removed) + (f" ({mb:.0f} MB)" if mb >= 1 else ""))
 
     fix_random_seed(args.seed + info.rank)
     tokenizer = IpaTokenizer.from_dir(args.lang_dir)
     model = task.build_model(args, tokenizer)
     num_params = sum(p.numel() for p in model.parameters())
     log.info("Model %s: %s parameters", type(model).__name__, f"{num_params:,}")
-    if info.is_main:
-        _write_model_card(args.exp_dir, model, task, tokenizer, num_params)
 
     if args.init_from is not None:
         _init_weights_from(model, args.init_from)
@@ -291,7 +521,6 @@ def train(args: argparse.Namespace, task: Any, info: DistInfo | None = None) -> 
     scaler = torch.amp.GradScaler(device.type, enabled=args.use_fp16, init_scale=1.0)
 
     sampler_state = None
-    pending_rng = None  # restored once the first resumed batch is in hand (the loader's iterator draws RNG)
     if resume_path is not None:
         log.info("Resuming from %s", resume_path)
         try:
@@ -302,11 +531,11 @@ def train(args: argparse.Namespace, task: Any, info: DistInfo | None = None) -> 
         except ckpt.CheckpointMismatchError as e:  # the flags build another model
             raise SystemExit(f"{e}; resume with the flags it was trained with, or use another --exp-dir "
                              "(or --auto-resume 0)") from None
+        except ckpt.CorruptCheckpointError as e:  # only an explicit --start-batch/--start-epoch gets here
+            raise SystemExit(f"{e}; resume from another one (--start-batch N), or delete it") from None
         state.load(saved.get("train_state", {}))
         load_adaptive_module_state(model, saved.get("module_state", {}))
         sampler_state = saved.get("sampler")
-        # mid-epoch: continue the RNG streams; at an epoch boundary the epoch's own seeding takes over
-        pending_rng = saved.get("rng") if sampler_state is not None else None
         log.info("Resumed at epoch %d, batch %d", state.epoch, state.batch_idx_train)
     elif args.start_epoch > 1:
         state.epoch = args.start_epoch
@@ -318,8 +547,19 @@ def train(args: argparse.Namespace, task: Any, info: DistInfo | None = None) -> 
                           find_unused_parameters=True)
 
     datamodule = PhoneDataModule(args, output_downsampling_factor=task.output_downsampling_factor)
-    train_dl = datamodule.train_dataloader(tokenizer, sampler_state_dict=sampler_state)
-    dev_dl = datamodule.dev_dataloader(tokenizer) if getattr(args, "dev_shar", None) else None
+    try:
+        train_dl = datamodule.train_dataloader(tokenizer, sampler_state_dict=sampler_state)
+        dev_dl = datamodule.dev_dataloader(tokenizer) if getattr(args, "dev_shar", None) else None
+    except SamplerStateError as e:  # resumed with another --seed or --world-size
+        raise SystemExit(f"{resume_path}: {e}") from None
+    except FileNotFoundError as e:  # a shard named in a Shar folder that is gone
+        raise SystemExit(str(e)) from None
+    for dl in (train_dl, dev_dl):
+        if dl is not None and dl.num_workers > 0:
+            dl.worker_init_fn = _WorkerIgnoresStopSignals(dl.worker_init_fn)
+    if info.is_main:
+        # only now, with the checkpoint loaded and the data open: a refused start leaves the exp dir as it was
+        _write_model_card(args.exp_dir, model, task, tokenizer, num_params)
 
     monitor = Monitor(args.exp_dir, info.is_main, args.tensorboard, args.wandb_project if args.wandb else None,
                       {k: str(v) for k, v in vars(args).items()})
@@ -339,19 +579,19 @@ def train(args: argparse.Namespace, task: Any, info: DistInfo | None = None) -> 
                 fix_random_seed(args.seed + state.epoch + 1000 * info.rank)
                 if hasattr(train_dl.sampler, "set_epoch"):
                     train_dl.sampler.set_epoch(state.epoch - 1)
-            # else: a resumed epoch goes on mid-way with the sampler position and RNG states of the checkpoint
+            # else: a resumed epoch goes on from the checkpoint's sampler position (each step seeds its RNGs)
             sampler_state = None
             stop = _train_one_epoch(
                 args, task, info, device, train_model, model_avg, optimizer, scheduler, scaler,
-                train_dl, dev_dl, monitor, state, start_time, ckpt, pending_rng, tokenizer,
+                train_dl, dev_dl, monitor, state, start_time, ckpt, tokenizer,
+                stop_signals=stop_signals,
             )
-            pending_rng = None
             if not stop:
                 if dev_dl is not None and args.valid_every_epoch:
                     validate(args, task, info, device, train_model, dev_dl, monitor, state, tokenizer)
                 if info.is_main:
-                    ckpt.save_checkpoint(
-                        args.exp_dir / f"epoch-{state.epoch}.pt", model=model, model_avg=model_avg,
+                    _save_or_exit(
+                        args, args.exp_dir / f"epoch-{state.epoch}.pt", model=model, model_avg=model_avg,
                         optimizer=optimizer, scheduler=scheduler, scaler=scaler, sampler=None,
                         params={"train_state": _next_epoch_state(state),
                                 "module_state": adaptive_module_state(model)},
@@ -361,6 +601,13 @@ def train(args: argparse.Namespace, task: Any, info: DistInfo | None = None) -> 
         final = args.exp_dir / f"checkpoint-{state.batch_idx_train}.pt"
         if info.is_main and state.batch_idx_train > 0 and not final.exists():
             _save_batch_checkpoint(args, state, model, model_avg, optimizer, scheduler, scaler, train_dl, ckpt)
+        # no rank ends before rank 0 has saved (a rank that exits with status 3 first would get the others
+        # terminated by the spawning parent)
+        barrier()
+        if stop_signals.stopping and info.is_main:
+            log.info("Stopped on %s at batch %d with a checkpoint saved; exiting with status %d (run the "
+                     "same command again to continue)", stop_signals.name, state.batch_idx_train,
+                     EXIT_CHECKPOINTED_ON_SIGNAL)
     finally:
         if info.is_main:
             png = monitor.plot()
@@ -376,15 +623,22 @@ def _write_model_card(exp_dir: Path, model: nn.Module, task, tokenizer, num_para
     """config.json and tokens.txt beside the checkpoints, so `anyphone recognize -m EXP_DIR` and
     `load_model(EXP_DIR)` rebuild the model without being told its size."""
     import json
-    import shutil
 
     cfg = model.cfg.to_dict() if hasattr(model, "cfg") else {}
     card = {"model": cfg, "family": task.name, "num_params": num_params}
-    (exp_dir / "config.json").write_text(json.dumps(card, indent=1, default=str))
     tokens = Path(str(getattr(tokenizer, "source", "") or ""))
     src = tokens if tokens.is_file() else Path("ipa_simplified") / "tokens.txt"
-    if src.is_file():
-        shutil.copyfile(src, exp_dir / "tokens.txt")
+    target = exp_dir / "config.json"
+    try:  # atomic: a reader (or a killed run) never leaves a half-written file behind
+        atomic_write_text(target, json.dumps(card, indent=1, default=str))
+        if src.is_file() and src.resolve() != (exp_dir / "tokens.txt").resolve():
+            target = exp_dir / "tokens.txt"
+            atomic_write_bytes(target, src.read_bytes())
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        raise SystemExit(f"{target}: could not be written: no space left on device; the checkpoints are as "
+                         "they were. Free some space and run the same command again") from None
 
 
 def _next_epoch_state(state: TrainState) -> dict:
@@ -429,30 +683,63 @@ def _init_weights_from(model: nn.Module, path: Path) -> None:
 def _save_batch_checkpoint(args, state, model, model_avg, optimizer, scheduler, scaler, train_dl, ckpt) -> None:
     path = args.exp_dir / f"checkpoint-{state.batch_idx_train}.pt"
     sampler = train_dl.sampler if hasattr(train_dl.sampler, "state_dict") else None
-    ckpt.save_checkpoint(
-        path, model=model, model_avg=model_avg, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+    _save_or_exit(
+        args, path, model=model, model_avg=model_avg, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
         sampler=sampler, params={"train_state": state.to_dict(), "module_state": adaptive_module_state(model)},
     )
     ckpt.remove_old_checkpoints(args.exp_dir, args.keep_last_k)
     log.info("Saved %s", path)
 
 
+def _save_or_exit(args, path: Path, **kwargs: Any) -> None:
+    """``save_checkpoint``, with a full disk turned into one line (SystemExit) that says what could not be
+    written and which checkpoint is intact (the save is atomic, so nothing older was touched)."""
+    from anyphone.training import checkpoint as ckpt
+
+    try:
+        ckpt.save_checkpoint(path, **kwargs)
+    except (OSError, RuntimeError) as e:
+        if not is_disk_full(e):
+            raise
+        if path.name.startswith(("checkpoint-", "epoch-")):
+            prev = ckpt.latest_checkpoint(args.exp_dir)
+            kept = (f"the previous checkpoint {prev} is intact" if prev is not None
+                    else f"there is no earlier checkpoint in {args.exp_dir}")
+        else:
+            kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        raise SystemExit(f"{path}: could not be written: no space left on device; {kept}. Free some space "
+                         "and run the same command again to continue from it") from None
+
+
+def _check_data_dirs(args: argparse.Namespace) -> None:
+    """One line for a --train-shar / --dev-shar folder that is missing or holds no shards, before any work."""
+    from anyphone.data.shar import parse_weighted_dir, shar_fields
+
+    if not args.train_shar:
+        raise SystemExit("no training data: pass --train-shar DIR[:WEIGHT] at least once")
+    specs = [("--train-shar", s) for s in args.train_shar]
+    specs += [("--dev-shar", s) for s in (getattr(args, "dev_shar", None) or [])]
+    for flag, spec in specs:
+        try:
+            shar_fields(parse_weighted_dir(spec)[0] if flag == "--train-shar" else spec)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"{flag} {spec}: {e}") from None
+
+
 def _train_one_epoch(
     args, task, info, device, train_model, model_avg, optimizer, scheduler, scaler,
-    train_dl, dev_dl, monitor, state: TrainState, start_time: float, ckpt, pending_rng: dict | None = None,
-    tokenizer=None,
+    train_dl, dev_dl, monitor, state: TrainState, start_time: float, ckpt,
+    tokenizer=None, stop_signals: StopSignals | None = None,
 ) -> bool:
-    """Returns True when training must stop (limits reached or too many bad batches)."""
+    """Returns True when training must stop (limits reached, a stop signal, or too many bad batches)."""
     model = unwrap(train_model)
     model.train()
     tot = {"loss": 0.0, "frames": 0.0}
     terms: dict[str, float] = {}
     window_start, window_audio = time.time(), 0.0
     for batch in train_dl:
-        if pending_rng is not None:
-            ckpt.restore_rng_state(pending_rng)
-            pending_rng = None
         state.batch_idx_train += 1
+        seed_step_rngs(args.seed, info.rank, state.batch_idx_train)
         state.train_minutes = (time.time() - start_time) / 60
         set_batch_count(model, adjusted_batch_count(state.batch_idx_train, args))
         if args.cooldown_fraction > 0:
@@ -485,22 +772,24 @@ def _train_one_epoch(
                     f"{state.bad_in_a_row} batches in a row gave a non-finite loss (last at batch "
                     f"{state.batch_idx_train}); stopping. Try a lower --base-lr, --use-fp16 0, or check the data."
                 )
-            continue
-        state.bad_in_a_row = 0
-        if last_in_step:
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step_batch(state.batch_idx_train)
+            # no step for this batch, but it counts: the average, checkpoints, validation and the budget
+            # checks below still run (skipping them let a run of bad batches go past --max-batches)
+        else:
+            state.bad_in_a_row = 0
+            if last_in_step:
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step_batch(state.batch_idx_train)
 
-        secs = batch_seconds(batch)
-        state.audio_seconds += secs * info.world_size
-        window_audio += secs
-        tot["loss"] += float(loss.detach())
-        tot["frames"] += float(loss_info["frames"])
-        for k, v in loss_info.items():
-            if k.endswith("_loss"):
-                terms[k] = terms.get(k, 0.0) + float(v)
+            secs = batch_seconds(batch)
+            state.audio_seconds += secs * info.world_size
+            window_audio += secs
+            tot["loss"] += float(loss.detach())
+            tot["frames"] += float(loss_info["frames"])
+            for k, v in loss_info.items():
+                if k.endswith("_loss"):
+                    terms[k] = terms.get(k, 0.0) + float(v)
 
         if info.is_main and state.batch_idx_train % args.average_period == 0:
             ckpt.update_averaged_model(model, model_avg, args.average_period, state.batch_idx_train)
@@ -537,10 +826,18 @@ def _train_one_epoch(
         state.train_minutes = (time.time() - start_time) / 60
         out_of_batches = args.max_batches > 0 and state.batch_idx_train >= args.max_batches
         out_of_time = args.max_minutes > 0 and state.train_minutes >= args.max_minutes
-        if all_ranks_true(not (out_of_batches or out_of_time), device) is False:
+        signalled = stop_signals is not None and stop_signals.received is not None
+        # one collective for both, so every rank stops at the same step whichever rank had the reason
+        budget_spent, stop_requested = any_rank([out_of_batches or out_of_time, signalled], device)
+        if budget_spent:
             log.info("Stopping: %s", "--max-batches reached" if out_of_batches else "--max-minutes reached")
             if dev_dl is not None and state.batch_idx_train % args.valid_interval != 0:
                 validate(args, task, info, device, train_model, dev_dl, monitor, state, tokenizer)
+            return True
+        if stop_requested:
+            stop_signals.stopping = True
+            log.info("Stopping on %s after batch %d: saving a checkpoint", stop_signals.name,
+                     state.batch_idx_train)
             return True
     return False
 
@@ -576,10 +873,8 @@ def validate(args, task, info, device, train_model, dev_dl, monitor, state, toke
         monitor.plot()
         if improved and getattr(args, "keep_best", True):
             # the best weights so far, as a plain state_dict that decode --checkpoint and load_model read
-            from anyphone.training.checkpoint import save_checkpoint
-
-            save_checkpoint(args.exp_dir / "best-valid.pt", model=model,
-                            params={"train_state": state.to_dict(), "valid": result})
+            _save_or_exit(args, args.exp_dir / "best-valid.pt", model=model,
+                          params={"train_state": state.to_dict(), "valid": result})
             log.info("New best dev PER: saved %s", args.exp_dir / "best-valid.pt")
     return result
 
