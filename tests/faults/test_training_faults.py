@@ -317,6 +317,34 @@ def test_empty_train_shar_is_one_line(corpus, tmp_path):
     assert sorted(p.name for p in exp.iterdir()) == ["log"]  # no config.json, no checkpoint
 
 
+def test_refused_data_ends_training_in_one_line(corpus, tmp_path):
+    """A training set whose cuts load their audio through a shell command stops train() with one line naming
+    the shard and the cut (not a traceback), and the command never runs."""
+    import gzip
+
+    from lhotse import AudioSource, MonoCut, Recording, SupervisionSegment
+
+    marker = tmp_path / "ran"
+    shar = tmp_path / "hostile"
+    shar.mkdir()
+    with gzip.open(shar / "cuts.000000.jsonl.gz", "wt", encoding="utf-8") as f:
+        for i in range(3):
+            rec = Recording(id=f"r{i}", sources=[AudioSource(type="command", channels=[0],
+                                                             source=f"touch {marker}; cat x.wav")],
+                            sampling_rate=16000, num_samples=16000, duration=1.0)
+            sup = SupervisionSegment(id=f"h{i}", recording_id=f"r{i}", start=0, duration=1.0, text="aba")
+            cut = MonoCut(id=f"h{i}", start=0, duration=1.0, channel=0, recording=rec, supervisions=[sup])
+            f.write(json.dumps(cut.to_dict()) + "\n")
+    args = _args(corpus, tmp_path / "exp", "--max-batches", "2")
+    args.train_shar = [str(shar)]
+    with pytest.raises(SystemExit) as e:
+        train(args, get_task("crctc"))
+    msg = str(e.value)
+    assert "cuts.000000.jsonl.gz: cut 'h0': its audio source is a shell command" in msg, msg
+    assert "\n" not in msg
+    assert not marker.exists()
+
+
 def test_non_finite_batches_do_not_run_past_max_batches(corpus, trained, tmp_path, monkeypatch):
     """Every batch from the resumed one on gives NaN: the run still stops at --max-batches (it used to skip the
     budget check for such batches and go on until --max-bad-batches), and saves its checkpoints."""
