@@ -8,8 +8,9 @@
 #        --hours 3 --languages default    (the CPU demo's size)
 #        --hours 50 --languages all       (a larger corpus: every language eSpeak transcribes natively)
 #   2  your own corpus (optional): an Allosaurus/Kaldi-style directory with `wave` (utt_id path) and `text`
-#      (utt_id phones), or lhotse manifests, converted to Shar -> data/shar/<user-name>
+#      (utt_id phones), or lhotse recordings + supervisions manifests, converted to Shar -> data/shar/<user-name>
 #        --user-data-dir /path/to/dir [--user-name mycorpus]
+#        --user-recordings recordings.jsonl.gz --user-supervisions supervisions.jsonl.gz [--user-name mycorpus]
 #   3  IPAPack++ shards from the Hugging Face hub (optional; needs network)
 #        --ipapack-repo anyspeech/<repo-id> [--ipapack-patterns '*.jsonl.gz,*.tar']
 set -euo pipefail
@@ -22,6 +23,8 @@ hours=3                   # training hours of the embedded corpus
 languages=default         # comma list of eSpeak language codes, "default" or "all"
 seed=0
 user_data_dir=""
+user_recordings=""        # lhotse manifests instead of --user-data-dir
+user_supervisions=""
 user_name=user
 ipapack_repo=""
 ipapack_patterns=""
@@ -48,8 +51,12 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   if [ -n "$user_data_dir" ]; then
     log "Stage 2: user corpus $user_data_dir -> $shar_dir/$user_name"
     $python local/prepare_user_corpus.py --data-dir "$user_data_dir" --out-dir "$shar_dir/$user_name"
+  elif [ -n "$user_recordings" ]; then
+    log "Stage 2: user manifests $user_recordings + $user_supervisions -> $shar_dir/$user_name"
+    $python local/prepare_user_corpus.py --recordings "$user_recordings" --supervisions "$user_supervisions" \
+      --out-dir "$shar_dir/$user_name"
   else
-    log "Stage 2: skipped (no --user-data-dir)"
+    log "Stage 2: skipped (no --user-data-dir or --user-recordings)"
   fi
 fi
 
