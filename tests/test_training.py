@@ -303,3 +303,15 @@ def test_cooldown_lowers_the_rate_to_zero_and_a_spent_budget_trains_nothing_more
     with pytest.raises(SystemExit, match=r"--cooldown-fraction 1\.5: expected a fraction in \[0, 1\]"):
         train(_args(corpus, tmp_path / "other", "--max-batches", "4", "--cooldown-fraction", "1.5"),
               get_task("crctc"))
+
+
+def test_budget_eta_reports_progress_of_a_batch_budget():
+    import argparse
+
+    from anyphone.training.loop import budget_eta
+
+    args = argparse.Namespace(max_batches=100)
+    # 10 batches took 60 s: 50 batches left are about 5 minutes
+    assert budget_eta(args, 50, 60.0, 10) == ", batch 50 of 100 (50%), about 5 min left"
+    assert budget_eta(args, 100, 60.0, 10) == ", batch 100 of 100 (100%), about 0 min left"
+    assert budget_eta(argparse.Namespace(max_batches=0), 50, 60.0, 10) == ""

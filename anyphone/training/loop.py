@@ -185,6 +185,16 @@ def budget_progress(batch_idx_train: int, train_minutes: float, args: argparse.N
     return min(1.0, max(parts)) if parts else None
 
 
+def budget_eta(args: argparse.Namespace, batch_idx_train: int, window_seconds: float, window_batches: int) -> str:
+    """``", batch N of M (P%), about X min left"`` for a --max-batches budget, from the last logging window's
+    pace; empty without that budget. Only the message uses the clock: the work done does not depend on it."""
+    if args.max_batches <= 0 or window_batches <= 0:
+        return ""
+    left = max(args.max_batches - batch_idx_train, 0) * window_seconds / window_batches / 60
+    return (f", batch {batch_idx_train} of {args.max_batches} ({100 * batch_idx_train / args.max_batches:.0f}%), "
+            f"about {left:.0f} min left")
+
+
 def cooldown_factor(progress: float | None, fraction: float) -> float:
     """The learning-rate multiplier of the end-of-budget decay: 1 until the last ``fraction`` of the budget,
     then linear down to 0 at its end."""
@@ -737,6 +747,7 @@ def _train_one_epoch(
     tot = {"loss": 0.0, "frames": 0.0}
     terms: dict[str, float] = {}
     window_start, window_audio = time.time(), 0.0
+    window_batches = 0
     for batch in train_dl:
         state.batch_idx_train += 1
         seed_step_rngs(args.seed, info.rank, state.batch_idx_train)
@@ -785,6 +796,7 @@ def _train_one_epoch(
             secs = batch_seconds(batch)
             state.audio_seconds += secs * info.world_size
             window_audio += secs
+            window_batches += 1
             tot["loss"] += float(loss.detach())
             tot["frames"] += float(loss_info["frames"])
             for k, v in loss_info.items():
@@ -803,10 +815,11 @@ def _train_one_epoch(
             extra = ", ".join(f"{k} {v / max(tot['frames'], 1.0):.4f}" for k, v in terms.items())
             log.info(
                 "Epoch %d, batch %d: loss %.4f per frame (%s), lr %.2e%s, %.0f s of audio per second, "
-                "%.1f min elapsed",
+                "%.1f min elapsed%s",
                 state.epoch, state.batch_idx_train, loss_pf, extra, lr, scale, throughput,
-                (time.time() - start_time) / 60,
+                (time.time() - start_time) / 60, budget_eta(args, state.batch_idx_train, elapsed, window_batches),
             )
+            window_batches = 0
             monitor.log("train", state.batch_idx_train,
                         {"loss": loss_pf, "lr": lr, "audio_per_sec": throughput,
                          **{k: v / max(tot["frames"], 1.0) for k, v in terms.items()}})
