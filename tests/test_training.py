@@ -13,46 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from training_fixtures import NO_AUG, SMALL_MODEL, write_tone_corpus
+from training_fixtures import REPO as ROOT
 
-from anyphone.data.shar import make_cut, write_shar
 from anyphone.training import checkpoint as ckpt
 from anyphone.training.loop import train
 from anyphone.training.recipe import get_train_parser
 from anyphone.training.tasks import get_task
 
-ROOT = Path(__file__).resolve().parents[1]
-TEXTS = ["aba", "kʰæt", "ʃiː", "mama", "goʊ", "tʃɛk", "nɪŋ", "pɑt"]
-
-# A model of about 1M parameters (the ZIPA fixture's shape), so a step takes a fraction of a second.
-SMALL_MODEL = [
-    "--model-size", "tiny", "--num-encoder-layers", "1,1,1,1,1,1",
-    "--encoder-dim", "48,64,64,96,64,48", "--feedforward-dim", "96,128,128,192,128,96",
-    "--num-heads", "2,4,4,4,4,2", "--query-head-dim", "8", "--value-head-dim", "4", "--pos-head-dim", "2",
-    "--pos-dim", "16", "--encoder-unmasked-dim", "32,48,48,64,48,32",
-]
-# No data-side randomness (its generators live in the dataset, not in the checkpointed RNG states).
-NO_AUG = [
-    "--speed-perturb", "0", "--noise-prob", "0", "--volume-perturb-prob", "0", "--silence-pad-prob", "0",
-    "--empty-prob", "0", "--num-workers", "0", "--num-buckets", "2", "--min-duration", "0",
-]
-
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    """24 utterances where each text has its own tone, so there is something learnable."""
-    root = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(0)
-    cuts = []
-    for i in range(24):
-        text = TEXTS[i % len(TEXTS)]
-        dur = float(rng.uniform(0.8, 1.4))
-        t = np.arange(int(dur * 16000)) / 16000
-        f0 = 120 + 40 * (i % len(TEXTS))
-        wave = 0.3 * np.sin(2 * np.pi * f0 * t) * np.sin(np.pi * t / dur) + 0.003 * rng.standard_normal(len(t))
-        cuts.append(make_cut(f"utt{i:03d}", wave.astype(np.float32), text, "eng"))
-    write_shar(cuts, root / "train", shard_size=8)
-    write_shar(cuts[:6], root / "dev", shard_size=8)
-    return root
+    """24 utterances where each text has its own tone, so there is something learnable; 6 of them as dev."""
+    return write_tone_corpus(tmp_path_factory.mktemp("corpus"), dev=6)
 
 
 def _args(corpus: Path, exp: Path, *extra: str):

@@ -26,14 +26,11 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from training_fixtures import REPO as ROOT
+from training_fixtures import write_tone_corpus
 
-from anyphone.data.shar import make_cut, write_shar
-
-ROOT = Path(__file__).resolve().parents[2]
-TEXTS = ["aba", "kʰæt", "ʃiː", "mama", "goʊ", "tʃɛk", "nɪŋ", "pɑt"]
 # A two-stack Zipformer of 0.17M parameters (109 tensors): a step takes a fraction of a second on one thread
 # and a checkpoint loads fast, so the many restarts stay cheap. Dropout, layer skipping, bypasses, Balancer
 # and Whiten are all there, as in every size.
@@ -54,18 +51,7 @@ NOT_COMPARED = {"train_minutes", "sha256"}
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """24 utterances of 0.5-1 s in 4 shards (their order is shuffled per epoch), each text its own tone."""
-    root = tmp_path_factory.mktemp("exact_resume_corpus")
-    rng = np.random.default_rng(0)
-    cuts = []
-    for i in range(24):
-        dur = float(rng.uniform(0.5, 1.0))
-        t = np.arange(int(dur * 16000)) / 16000
-        f0 = 120 + 40 * (i % len(TEXTS))
-        wave = 0.3 * np.sin(2 * np.pi * f0 * t) * np.sin(np.pi * t / dur)
-        wave = wave + 0.003 * rng.standard_normal(len(t))
-        cuts.append(make_cut(f"utt{i:03d}", wave.astype(np.float32), TEXTS[i % len(TEXTS)], "eng"))
-    write_shar(cuts, root / "train", shard_size=6)
-    return root
+    return write_tone_corpus(tmp_path_factory.mktemp("exact_resume_corpus"), shard_size=6, durations=(0.5, 1.0))
 
 
 def _argv(corpus: Path, exp: Path, workers: int) -> list[str]:

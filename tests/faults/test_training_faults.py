@@ -29,29 +29,17 @@ import time
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
+from training_fixtures import NO_AUG, SMALL_MODEL, write_tone_corpus
+from training_fixtures import REPO as ROOT
 
-from anyphone.data.shar import make_cut, write_shar
 from anyphone.training import checkpoint as ckpt
 from anyphone.training.loop import EXIT_CHECKPOINTED_ON_SIGNAL, train
 from anyphone.training.recipe import get_train_parser
 from anyphone.training.tasks import get_task
 
-ROOT = Path(__file__).resolve().parents[2]
-TEXTS = ["aba", "kʰæt", "ʃiː", "mama", "goʊ", "tʃɛk", "nɪŋ", "pɑt"]
-SMALL_MODEL = [
-    "--model-size", "tiny", "--num-encoder-layers", "1,1,1,1,1,1",
-    "--encoder-dim", "48,64,64,96,64,48", "--feedforward-dim", "96,128,128,192,128,96",
-    "--num-heads", "2,4,4,4,4,2", "--query-head-dim", "8", "--value-head-dim", "4", "--pos-head-dim", "2",
-    "--pos-dim", "16", "--encoder-unmasked-dim", "32,48,48,64,48,32",
-]
-NO_AUG = [
-    "--speed-perturb", "0", "--noise-prob", "0", "--volume-perturb-prob", "0", "--silence-pad-prob", "0",
-    "--empty-prob", "0", "--num-workers", "0", "--num-buckets", "2", "--min-duration", "0",
-]
 HOST = socket.gethostname()
 # a process that takes an exp dir's lock and waits (to be SIGKILLed, leaving the lock behind)
 HOLD_LOCK = """import sys, time
@@ -64,16 +52,7 @@ time.sleep(600)
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("faults_corpus")
-    rng = np.random.default_rng(0)
-    cuts = []
-    for i in range(24):
-        dur = float(rng.uniform(0.8, 1.4))
-        t = np.arange(int(dur * 16000)) / 16000
-        wave = 0.3 * np.sin(2 * np.pi * (120 + 40 * (i % len(TEXTS))) * t) * np.sin(np.pi * t / dur)
-        cuts.append(make_cut(f"utt{i:03d}", wave.astype(np.float32), TEXTS[i % len(TEXTS)], "eng"))
-    write_shar(cuts, root / "train", shard_size=8)
-    return root
+    return write_tone_corpus(tmp_path_factory.mktemp("faults_corpus"), noise=0.0)
 
 
 def _argv(corpus: Path, exp: Path, *extra: str) -> list[str]:
