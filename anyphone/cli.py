@@ -8,6 +8,7 @@
     anyphone list-models | remove-model NAME
     anyphone list-lang | list-phone --lang eng | write-phone/update-phone/restore-phone --lang eng ...
     anyphone finetune -i data/my_lang --init-from zipa-cr-small-500k --exp-dir exp/my_lang   # wave/text dir
+    anyphone tune local/tune_space.json --n-trials 20   # Optuna search over train.py flags, scored on dev PER
 
 ``python -m anyphone.cli ...`` works too. Errors are one line on stderr; the exit status is 0 on success, 1 when
 any input failed, 2 for bad options or a model that cannot be loaded.
@@ -519,6 +520,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------
+# tune
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from anyphone.tuning import TuneError, TuneInterrupted, tune_main
+
+    try:
+        return tune_main(args)
+    except TuneError as e:
+        raise _Failure(str(e), 2) from None
+    except TuneInterrupted as e:
+        raise _Failure(str(e), 130) from None
+
+
+# --------------------------------------------------------------------------------------------------------
 # parser
 
 
@@ -635,6 +651,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Fine-tune a model on your own wave/text data dir (anyphone finetune --help).")
     ft.add_argument("finetune_args", nargs="*", help=argparse.SUPPRESS)
     ft.set_defaults(func=cmd_finetune)
+    tu = sub.add_parser("tune", help="Hyper-parameter search over a recipe's train.py flags (Optuna).",
+                        description="Search train.py flags with Optuna: each trial a short training scored on dev "
+                        "PER, median pruning, resumable and shareable studies (see anyphone.tuning).")
+    from anyphone.tuning import add_tune_arguments
+
+    add_tune_arguments(tu)
+    tu.set_defaults(func=cmd_tune)
     return p
 
 

@@ -334,10 +334,11 @@ class ResumableSampler:
     reads the shards in the order an uninterrupted process always used.)
     """
 
-    def __init__(self, sampler: Any, cuts: CutSet, *, seed: int, world_size: int) -> None:
+    def __init__(self, sampler: Any, cuts: CutSet, *, seed: int, world_size: int, rank: int = 0) -> None:
         self.sampler = sampler
-        self.seed, self.world_size = int(seed), int(world_size)
+        self.seed, self.world_size, self.rank = int(seed), int(world_size), int(rank)
         self._shar = [(reader, reader.epoch) for reader in _shar_readers(cuts)]
+        self.readers: list[dict[str, Any]] | None = None  # every rank's reader_state(), set before a save
         self.epoch = 0
         self.received = 0  # batches of self.epoch the training loop has received
         self._resume_at = 0  # batches the next iteration skips (set by load_state_dict)
@@ -364,15 +365,32 @@ class ResumableSampler:
         if epoch == self.epoch:
             self.received = max(self.received, index + 1)
 
+    def reader_state(self) -> dict[str, Any]:
+        """This rank's reader: its position, and the shards it reads per epoch of each train directory."""
+        shards = [len(reader.shards[getattr(reader, "rank", 0)::getattr(reader, "world_size", 1)])
+                  for reader, _ in self._shar]
+        return {"rank": self.rank, "epoch": self.epoch, "batches": self.received, "shards": shards}
+
+    def set_reader_states(self, states: list[dict[str, Any]]) -> None:
+        """Every rank's :meth:`reader_state` (gathered by the training loop), saved with :meth:`state_dict`."""
+        self.readers = [dict(s) for s in states]
+
     def state_dict(self) -> dict[str, Any]:
-        return {"format": POSITION_STATE, "epoch": self.epoch, "batches": self.received, "seed": self.seed,
-                "world_size": self.world_size}
+        state = {"format": POSITION_STATE, "epoch": self.epoch, "batches": self.received, "seed": self.seed,
+                 "world_size": self.world_size}
+        if self.readers is not None:
+            state["readers"] = self.readers
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue after the saved position. Also reads the state of a bare lhotse sampler (checkpoints
         written before positions were kept), whose count may be a few batches ahead of training."""
         if state.get("format") == POSITION_STATE:
             epoch, batches = int(state["epoch"]), int(state["batches"])
+            # a checkpoint of a job with several readers has each rank's own position: this rank takes its own
+            mine = [r for r in state.get("readers") or [] if int(r.get("rank", -1)) == self.rank]
+            if mine:
+                epoch, batches = int(mine[0]["epoch"]), int(mine[0]["batches"])
         else:
             try:
                 epoch = int(state["epoch"])
@@ -414,9 +432,10 @@ class PhoneDataModule:
     Args:
       args: parsed arguments from :meth:`add_arguments`.
       world_size, rank: DDP layout (default: from torch.distributed when initialised, else 1/0).
-        With ``--repeat-train true`` train shards are split across ranks when every train
-        directory has at least ``world_size`` shards; otherwise the sampler splits batches across
-        ranks (which also keeps the number of batches per rank equal within an epoch).
+        Train shards are split across ranks (each epoch's shuffled shard list, positions
+        ``rank::world_size``) when every train directory has at least ``world_size`` shards, so each
+        shard is read once per epoch by the whole job; otherwise every rank reads every shard, the
+        sampler splits batches across ranks, and a warning points to ``local/reshard.py``.
       output_downsampling_factor: encoder frame-rate divisor after the 50 Hz subsampling (1 for
         CR-CTC, 2 for the transducer) used by the token-count filter; defaults to
         ``args.output_downsampling_factor`` when present, else 1.
@@ -584,13 +603,22 @@ class PhoneDataModule:
         if not a.train_shar:
             raise ValueError("no training data: pass --train-shar DIR[:WEIGHT] at least once")
         specs = [parse_weighted_dir(s) for s in a.train_shar]
-        # Shard-level split saves each rank from reading all data, but ranks can then run out of
-        # batches at different times; only an infinite (repeated) stream makes that safe for DDP.
-        split = (
-            a.repeat_train
-            and self.world_size > 1
-            and all(len(shar_fields(d)["cuts"]) >= self.world_size for d, _ in specs)
-        )
+        # The readers are the ranks: the sampler runs in each rank's main process and its dataloader workers
+        # only decode the batches it hands them, so a rank-level shard split reads every shard once per epoch
+        # across the job. Ranks then run out of batches at different times in a finite epoch; the training
+        # loop ends the epoch for all of them when the first one has no batch left (agree_on_batches).
+        counts = {d: len(shar_fields(d)["cuts"]) for d, _ in specs}
+        split = self.world_size > 1 and all(n >= self.world_size for n in counts.values())
+        if split:
+            log.info(f"readers: rank {self.rank} of {self.world_size} reads 1/{self.world_size} of the shards "
+                     f"of each train directory per epoch ({', '.join(f'{d}: {n}' for d, n in counts.items())} "
+                     "shards), " + ("the same ones on every pass of the endless stream" if a.repeat_train
+                                    else "dealt afresh each epoch from --seed"))
+        if self.world_size > 1 and not split and self.rank == 0:
+            few = ", ".join(f"{d} ({n})" for d, n in counts.items() if n < self.world_size)
+            log.warning(f"fewer shards than the {self.world_size} readers (ranks) in {few}: every rank reads "
+                        f"every shard and keeps 1/{self.world_size} of the batches; rewrite it into at least "
+                        f"{self.world_size} shards with local/reshard.py --num-shards K")
         cuts = open_train_shars(
             specs,
             seed=int(a.seed),
@@ -627,7 +655,7 @@ class PhoneDataModule:
             seed=int(a.seed),
         )
         self.train_filter.reset()  # the sampler peeked at the first cuts
-        resumable = ResumableSampler(sampler, cuts, seed=int(a.seed), world_size=self.world_size)
+        resumable = ResumableSampler(sampler, cuts, seed=int(a.seed), world_size=self.world_size, rank=self.rank)
         if sampler_state_dict is not None:
             resumable.load_state_dict(copy.deepcopy(sampler_state_dict))
             log.info(f"resuming the training sampler: epoch {resumable.epoch} (from 0), after its batch "

@@ -135,10 +135,15 @@ def open_shar(
 ) -> CutSet:
     """Lazily open one Shar directory as a CutSet (audio is attached in memory while iterating).
 
-    With ``world_size > 1`` each rank keeps shards ``rank::world_size`` (only when there are at
-    least ``world_size`` shards; otherwise every rank reads all of them and the sampler must split
-    batches by rank, see :func:`shards_split_by_rank`). ``split_for_dataloading`` is lhotse's own
-    per-node-and-worker split (only for samplers that run inside dataloader workers).
+    With ``world_size > 1`` each rank reads its own shards (only when there are at least ``world_size``
+    shards; otherwise every rank reads all of them and the sampler must split batches by rank, see
+    :func:`shards_split_by_rank`). For a local folder read in epochs (not ``repeat``) the split is made after
+    each epoch's shuffle (all ranks shuffle the full list alike, from ``seed`` + epoch, and rank r takes
+    positions ``r::world_size``), so every shard is read exactly once per epoch across the ranks and a shard
+    moves between ranks from one epoch to the next. A repeated (endless) stream, where the ranks' passes
+    drift apart, and a remote source keep shards ``rank::world_size`` of the listing for the whole run.
+    ``split_for_dataloading`` is lhotse's own per-node-and-worker split (only for samplers that run inside
+    dataloader workers).
 
     Every cut passes ``guard`` (default: a :class:`ShardGuard` from ``trust_commands`` and
     ``max_bad_shards``): a cut whose audio would be loaded by running a command raises
@@ -148,7 +153,9 @@ def open_shar(
     if guard is None:
         guard = ShardGuard(trust_commands=trust_commands, max_bad_shards=max_bad_shards)
     fields = shar_fields(in_dir)
-    if shards_split_by_rank(fields, world_size):
+    split = shards_split_by_rank(fields, world_size)
+    deal_per_epoch = split and not repeat and not _is_remote(in_dir)
+    if split and not deal_per_epoch:
         fields = {k: v[rank::world_size] for k, v in fields.items()}
     if _is_remote(in_dir):  # streamed; a shard that fails is skipped and counted
         from anyphone.data.remote import open_remote_shar
@@ -159,6 +166,8 @@ def open_shar(
         cuts = CutSet(_GuardedSharIterator(
             guard=guard,
             name=str(in_dir),
+            rank=rank if deal_per_epoch else 0,
+            world_size=world_size if deal_per_epoch else 1,
             fields=fields,
             split_for_dataloading=split_for_dataloading,
             shuffle_shards=shuffle_shards,
@@ -555,15 +564,22 @@ def _shard_error(shard: dict[str, str], e: BaseException) -> str:
 class _GuardedSharIterator(LazySharIterator):
     """lhotse's Shar reader taken one shard at a time, so that a shard that cannot be read is named,
     counted by the guard and skipped instead of ending the run. Shard order, shuffling, the split for
-    data loading and the cuts themselves (with ``shard_origin`` and ``shar_epoch``) are lhotse's."""
+    data loading and the cuts themselves (with ``shard_origin`` and ``shar_epoch``) are lhotse's.
 
-    def __init__(self, *, guard: ShardGuard, name: str, **kwargs: Any) -> None:
+    With ``world_size > 1`` this reader is rank ``rank``'s: it takes positions ``rank::world_size`` of the
+    epoch's shuffled shard list (the same list on every rank), so the ranks read disjoint shards that together
+    cover the folder once per epoch."""
+
+    def __init__(self, *, guard: ShardGuard, name: str, rank: int = 0, world_size: int = 1,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.guard = guard
         self.name = name
+        self.rank, self.world_size = int(rank), int(world_size)
 
     def __iter__(self) -> Iterator[Any]:
-        shards = self._maybe_split_for_dataloading(self._maybe_shuffle_shards(self.shards))
+        shards = self._maybe_shuffle_shards(self.shards)[self.rank::self.world_size]
+        shards = self._maybe_split_for_dataloading(shards)
         delivered = 0
         for shard in shards:
             it = iter(LazySharIterator(fields={f: [p] for f, p in shard.items()}))

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -37,6 +42,13 @@ def init_distributed(rank: int, world_size: int, master_port: int = 12354) -> Di
     multi-node training work through its rendezvous); with mp.spawn we set a localhost rendezvous ourselves.
     """
     if launched_by_torchrun():
+        restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0)
+        if restarts > 0 and os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") != "1" and os.environ["RANK"] == "0":
+            # torchrun (2.4+) keeps one store for every rendezvous round and the workers' keys are not
+            # per round: after an elastic restart the new workers read the old round's addresses and fail
+            logging.getLogger(__name__).warning(
+                "--max-restarts %d: export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun, or the "
+                "restarted workers cannot connect to each other", restarts)
         info = DistInfo(
             rank=int(os.environ["RANK"]),
             local_rank=int(os.environ["LOCAL_RANK"]),
@@ -101,3 +113,31 @@ def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def agree_on_batches(batches: Iterable[T], device: torch.device) -> Iterator[T]:
+    """The batches of ``batches`` for as long as every rank still has one (one all-reduce per batch).
+
+    When each rank reads its own shards, ranks hold different numbers of batches in an epoch; a rank that
+    went on alone would wait forever in the gradient all-reduce. Here the epoch ends on every rank at the
+    first step where some rank has no batch left (the others' surplus batches are not trained on this
+    epoch). Without a process group the batches pass through unchanged.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        yield from batches
+        return
+    it = iter(batches)
+    while True:
+        batch = next(it, None)
+        if not all_ranks_true(batch is not None, device):
+            return
+        yield batch  # type: ignore[misc]  # not None: every rank, this one included, had a batch
+
+
+def all_gather_objects(obj: object) -> list[object]:
+    """``obj`` of every rank, in rank order (``[obj]`` without a process group); small picklable objects."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -51,6 +51,8 @@ from anyphone.data.shar import DataError
 from anyphone.fileio import DirLock, LockedError, atomic_write_bytes, atomic_write_text, is_disk_full
 from anyphone.training.dist import (
     DistInfo,
+    agree_on_batches,
+    all_gather_objects,
     all_ranks_true,
     all_reduce_max,
     all_reduce_sum,
@@ -544,7 +546,10 @@ def _train(args: argparse.Namespace, task: Any, info: DistInfo, stop_signals: St
         except ckpt.CorruptCheckpointError as e:  # only an explicit --start-batch/--start-epoch gets here
             raise SystemExit(f"{e}; resume from another one (--start-batch N), or delete it") from None
         state.load(saved.get("train_state", {}))
-        load_adaptive_module_state(model, saved.get("module_state", {}))
+        # each rank's own adaptive state where the checkpoint has every rank's (Whiten adapts to its rank's data)
+        per_rank = saved.get("module_state_ranks") or []
+        load_adaptive_module_state(model, per_rank[info.rank] if info.rank < len(per_rank)
+                                   else saved.get("module_state", {}))
         sampler_state = saved.get("sampler")
         log.info("Resumed at epoch %d, batch %d", state.epoch, state.batch_idx_train)
     elif args.start_epoch > 1:
@@ -599,18 +604,22 @@ def _train(args: argparse.Namespace, task: Any, info: DistInfo, stop_signals: St
             if not stop:
                 if dev_dl is not None and args.valid_every_epoch:
                     validate(args, task, info, device, train_model, dev_dl, monitor, state, tokenizer)
+                ranks_modules = _gather_rank_states(train_dl, model)
                 if info.is_main:
                     _save_or_exit(
                         args, args.exp_dir / f"epoch-{state.epoch}.pt", model=model, model_avg=model_avg,
                         optimizer=optimizer, scheduler=scheduler, scaler=scaler, sampler=None,
                         params={"train_state": _next_epoch_state(state),
-                                "module_state": adaptive_module_state(model)},
+                                "module_state": adaptive_module_state(model),
+                                **({"module_state_ranks": ranks_modules} if ranks_modules else {})},
                     )
                 state.epoch += 1
         # the newest state always ends up on disk, so nothing done is lost when the run stops early
         final = args.exp_dir / f"checkpoint-{state.batch_idx_train}.pt"
+        ranks_modules = _gather_rank_states(train_dl, model)
         if info.is_main and state.batch_idx_train > 0 and not final.exists():
-            _save_batch_checkpoint(args, state, model, model_avg, optimizer, scheduler, scaler, train_dl, ckpt)
+            _save_batch_checkpoint(args, state, model, model_avg, optimizer, scheduler, scaler, train_dl, ckpt,
+                                   ranks_modules)
         # no rank ends before rank 0 has saved (a rank that exits with status 3 first would get the others
         # terminated by the spawning parent)
         barrier()
@@ -690,15 +699,30 @@ def _init_weights_from(model: nn.Module, path: Path) -> None:
         log.info("Not loaded from %s: %s", path, ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
 
 
-def _save_batch_checkpoint(args, state, model, model_avg, optimizer, scheduler, scaler, train_dl, ckpt) -> None:
+def _save_batch_checkpoint(args, state, model, model_avg, optimizer, scheduler, scaler, train_dl, ckpt,
+                           ranks_modules: list | None = None) -> None:
     path = args.exp_dir / f"checkpoint-{state.batch_idx_train}.pt"
     sampler = train_dl.sampler if hasattr(train_dl.sampler, "state_dict") else None
     _save_or_exit(
         args, path, model=model, model_avg=model_avg, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-        sampler=sampler, params={"train_state": state.to_dict(), "module_state": adaptive_module_state(model)},
+        sampler=sampler, params={"train_state": state.to_dict(), "module_state": adaptive_module_state(model),
+                                 **({"module_state_ranks": ranks_modules} if ranks_modules else {})},
     )
     ckpt.remove_old_checkpoints(args.exp_dir, args.keep_last_k)
     log.info("Saved %s", path)
+
+
+def _gather_rank_states(train_dl, model: nn.Module) -> list[dict[str, float]] | None:
+    """What rank 0's checkpoint must hold of every rank: its reader (position, shards read; given to rank 0's
+    sampler) and its adaptive module state (returned; Whiten adapts to the rank's own activations, so the
+    ranks' states differ). A collective: every rank calls it at the same step. None for a single process."""
+    sampler = train_dl.sampler
+    mine = {"reader": sampler.reader_state() if hasattr(sampler, "reader_state") else None,
+            "modules": adaptive_module_state(model)}
+    every = all_gather_objects(mine)
+    if hasattr(sampler, "set_reader_states"):
+        sampler.set_reader_states([r["reader"] for r in every])
+    return [r["modules"] for r in every] if len(every) > 1 else None
 
 
 def _save_or_exit(args, path: Path, **kwargs: Any) -> None:
@@ -748,7 +772,8 @@ def _train_one_epoch(
     terms: dict[str, float] = {}
     window_start, window_audio = time.time(), 0.0
     window_batches = 0
-    for batch in train_dl:
+    # ranks reading their own shards hold different numbers of batches: the epoch ends for all at once
+    for batch in agree_on_batches(train_dl, device):
         state.batch_idx_train += 1
         seed_step_rngs(args.seed, info.rank, state.batch_idx_train)
         state.train_minutes = (time.time() - start_time) / 60
@@ -831,8 +856,11 @@ def _train_one_epoch(
             validate(args, task, info, device, train_model, dev_dl, monitor, state, tokenizer)
             model.train()
 
+        if state.batch_idx_train % args.save_every_n == 0:
+            ranks_modules = _gather_rank_states(train_dl, model)  # every rank takes part; rank 0 saves them
         if info.is_main and state.batch_idx_train % args.save_every_n == 0:
-            _save_batch_checkpoint(args, state, model, model_avg, optimizer, scheduler, scaler, train_dl, ckpt)
+            _save_batch_checkpoint(args, state, model, model_avg, optimizer, scheduler, scaler, train_dl, ckpt,
+                                   ranks_modules)
         if args.save_every_n > 0 and state.batch_idx_train % args.save_every_n == 0:
             barrier()
 
