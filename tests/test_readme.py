@@ -229,6 +229,9 @@ def test_every_flag_readme_names_exists(script_help):
     for parser in _anyphone_parsers().values():
         known |= {f for f in parser._option_string_actions if f.startswith("--")}
     known |= _finetune_flags()
+    # flags of other tools that the cluster section names in prose (torchrun, sbatch)
+    known |= {"--max-restarts", "--rdzv-id", "--rdzv-backend", "--rdzv-endpoint", "--nnodes", "--nproc-per-node",
+              "--requeue", "--signal"}
     text = README.read_text(encoding="utf-8")
     prose = re.sub(r"^```.*?^```", "", text, flags=re.DOTALL | re.MULTILINE)
     named = set()
