@@ -30,6 +30,7 @@ import argparse
 import ctypes
 import gzip
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -58,13 +59,22 @@ _SynthCb = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes
 class EventSynth:
     """eSpeak NG in-process with phoneme events in IPA: text -> (int16 audio at 22050 Hz, events).
 
-    This process must not use anyphone.data.espeak's engine as well (one library instance, one set of options).
+    It loads a private copy of the library: espeak_Initialize on the shared instance would reset the options
+    (IPA phoneme trace) of anyphone.data.espeak's engine in the same process.
     """
 
     def __init__(self) -> None:
+        import shutil
+
         import espeakng_loader
 
-        lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        from anyphone.data.espeak import _private_library_copy
+
+        copy = _private_library_copy(espeakng_loader.get_library_path())
+        try:
+            lib = ctypes.CDLL(copy)
+        finally:  # the mapping stays valid once the file is gone
+            shutil.rmtree(os.path.dirname(copy), ignore_errors=True)
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
@@ -237,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="eSpeak NG re-synthesis of the test split with phone boundaries")
-    b.add_argument("--test-shar", default="data/shar/embedded/test")
+    b.add_argument("--test-shar", "--shar", dest="test_shar", default="data/shar/embedded/test",
+                   help="the split to re-synthesise: the test split to report, dev to choose the blank-sharing rule on")
     b.add_argument("--out", default="data/align_test")
     b.add_argument("--max-utts", type=int, default=300)
     b.add_argument("--seed", type=int, default=0)
