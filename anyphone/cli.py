@@ -245,7 +245,8 @@ def _recognize_loop(args: argparse.Namespace, rec, files: list[Path], names: lis
 
 def _load(args: argparse.Namespace):
     from anyphone.inference.api import CheckpointShapeError, load_model
-    from anyphone.inference.hub import ModelNotAvailableError, UnsafeCheckpointError
+    from anyphone.inference.hub import ModelNotAvailableError
+    from anyphone.weights.safe_load import UnsafeCheckpointError
 
     if args.num_threads:
         import torch
@@ -564,8 +565,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Print 'start end phone' lines (seconds): the recognised phones aligned to the audio, "
                    "blank frames shared out between neighbours (see anyphone.alignment). --timestamp or "
                    "--timestamp=true.")
-    r.add_argument("-e", "--emit", type=_positive_float, default=1.0,
-                   help="> 1 emits more phones, < 1 fewer (default 1.0).")
+    r.add_argument("-e", "--emit", type=_positive_float, default=None,
+                   help="> 1 emits more phones, < 1 fewer. The same knob as decode.py's --blank-penalty: emit = "
+                   "exp(blank_penalty). Default: the penalty recorded in the exp dir's config.json by decode.py "
+                   "--save-decode-options 1, else 1.0.")
     r.add_argument("--prior", default=None, help="File of 'phone logprob' lines added to those tokens' scores.")
     r.add_argument("-o", "--output", default=None, help="Write results to this file instead of stdout.")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default).")
@@ -614,8 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--format", type=_align_formats, default=None,
                    help="Comma-separated textgrid,tsv,ctm (default: from -o; textgrid,tsv for a folder).")
     a.add_argument("-m", "--model", default=DEFAULT_MODEL, help="A CTC model (as for recognize).")
-    a.add_argument("--split", type=float, default=0.5,
-                   help="Share of the blank frames between two phones given to the first (default 0.5).")
+    a.add_argument("--split", type=float, default=1.0,
+                   help="Share of the blank frames between two phones given to the first (default 1.0: a CTC spike "
+                   "marks a phone's start; chosen on the dev alignment set, see RESULTS.md).")
     a.add_argument("--max-share", type=float, default=0.1,
                    help="Most seconds a phone is extended into blank frames on each side (default 0.1).")
     a.add_argument("--plot", default=None, help="Draw the posteriorgram with phone and word tiers to this PNG "

@@ -67,3 +67,18 @@ class LazyKernels:
                 f"{self._owner}: Triton kernel {name} failed ({e}); using PyTorch from now on")
             self.kernels = False
             return False, None
+
+
+def resolve_device(device: Any) -> Any:
+    """A ``torch.device`` from ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda[:N]"`` or a device.
+
+    Raises ValueError for CUDA on a machine without it (one line, saying what to use instead).
+    """
+    import torch
+
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: CUDA is not available on this machine; use 'cpu' or 'auto'")
+    return dev

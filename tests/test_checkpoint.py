@@ -1,4 +1,4 @@
-"""Tests for anyphone.training.checkpoint."""
+"""Tests for anyphone.weights.checkpoint."""
 
 import copy
 import random
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from anyphone.optim import Eden, ScaledAdam
-from anyphone.training import checkpoint as ck
+from anyphone.weights import checkpoint as ck
 
 
 class Tiny(nn.Module):
@@ -310,7 +310,7 @@ def test_params_clash_and_non_plain_state(tmp_path):
 def test_weights_of_another_shape_are_refused_in_one_line(tmp_path):
     from torch import nn
 
-    from anyphone.training.checkpoint import CheckpointMismatchError, load_model_weights
+    from anyphone.weights.checkpoint import CheckpointMismatchError, load_model_weights
 
     src = nn.Linear(4, 3).state_dict()
     with pytest.raises(CheckpointMismatchError, match=r"^w\.pt: .*weight has shape \(3, 4\), expected \(5, 4\)") as e:

@@ -218,6 +218,41 @@ def test_exp_dir_flags(model, audio_dir, tmp_path, capsys):
     assert "checkpoint-7.pt" in capsys.readouterr().err
 
 
+def test_exp_dir_decode_options_are_the_default_emit(model, audio_dir, tmp_path, capsys):
+    """decode.py --save-decode-options records the blank penalty in config.json; recognize -m EXP decodes with
+    it (emit = exp(blank_penalty)) unless --emit overrides it."""
+    import math
+
+    from anyphone.weights.config import config_from_state_dict
+    from anyphone.weights.expdir import record_decode_options, write_config
+
+    sd = torch.load(model, weights_only=True)
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    torch.save({"model": sd, "batch_idx_train": 10}, exp / "checkpoint-10.pt")
+    (exp / "tokens.txt").write_bytes((model.parent / "tokens.txt").read_bytes())
+    family, cfg, _ = config_from_state_dict(sd)
+    write_config(exp, model=cfg.to_dict(), family=family, tokens="tokens.txt")
+    record_decode_options(exp, {"method": "ctc-greedy-search", "beam_size": 4, "blank_penalty": math.log(0.01),
+                                "max_sym_per_frame": 1})
+    wav = str(audio_dir / "a.wav")
+    base = ["recognize", "-i", wav, "--batch-size", "1"]
+    assert main([*base, "-m", str(model)]) == 0
+    plain = capsys.readouterr().out.rstrip("\n")
+    assert main([*base, "-m", str(model), "--emit", "0.01"]) == 0
+    fewer = capsys.readouterr().out.rstrip("\n")
+    assert len(fewer.split()) < len(plain.split())
+    assert main([*base, "-m", str(exp)]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == fewer  # the recorded penalty
+    assert main([*base, "-m", str(exp), "--emit", "1"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == plain  # --emit overrides it
+    # a config.json whose decode entry is not decode options: one line naming the file
+    (exp / "config.json").write_text('{"model": {}, "decode": {"blank_penalty": 1, "beam": 3}}', encoding="utf-8")
+    assert main([*base, "-m", str(exp)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{exp / 'config.json'}: decode: unknown decode option(s) ['beam']" in err[0]
+
+
 # ---------------------------------------------------------------------------------------------- models
 
 

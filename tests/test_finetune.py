@@ -128,7 +128,10 @@ def test_finetune_end_to_end(kaldi_dir, init_ckpt, tmp_path, capsys):
     t = np.arange(16000) / 16000
     result = rec.recognize((0.3 * np.sin(2 * np.pi * 190 * t)).astype(np.float32), sample_rate=16000,
                            return_result=True)
-    assert isinstance(result.text, str)
+    saved = torch.load(best, weights_only=True)["model"]  # the best weights themselves were loaded
+    assert set(rec.model.state_dict()) == set(saved)
+    assert all(torch.equal(v, saved[k]) for k, v in rec.model.state_dict().items())
+    assert result.duration == pytest.approx(1.0) and result.text == " ".join(result.phones)
     assert rec.family == "crctc" and "fixture_tiny" in (exp / "config.json").read_text()
 
     # running the same command again converts nothing and loses nothing

@@ -35,17 +35,6 @@ needs_zipa = pytest.mark.skipif(not (ZIPA / "tiny_crctc.pt").is_file(),
                                 reason=f"ZIPA reference fixtures not found in {ZIPA}")
 slow = pytest.mark.slow
 
-# The fixture_tiny preset as command-line flags (the CLI's --model-size has no fixture preset).
-FIXTURE_FLAGS = [
-    "--model-size", "tiny", "--num-encoder-layers", "1,1,2,1,1,1",
-    "--feedforward-dim", "96,128,128,192,128,96", "--num-heads", "2,4,4,4,4,2",
-    "--encoder-dim", "48,64,64,96,64,48", "--query-head-dim", "8", "--value-head-dim", "4",
-    "--pos-head-dim", "2", "--pos-dim", "16", "--encoder-unmasked-dim", "32,48,48,64,48,32",
-    "--cnn-module-kernel", "31,31,15,15,15,31", "--decoder-dim", "64", "--joiner-dim", "64",
-    "--embed-channels", "8,32,128",
-]
-
-
 # Makes "import torch" (and torch.*) raise ImportError without putting a None into sys.modules, which
 # would confuse libraries that merely look for an already imported torch (scipy's array-API helpers).
 _BLOCK_TORCH = """
@@ -281,11 +270,10 @@ def _export_fixture(tmp_path_factory, kind: str):
     out = tmp_path_factory.mktemp(f"fixture_{kind}")
     ckpt = out / f"tiny_{kind}.pt"
     torch.save(d["state_dict"], ckpt)
-    model_type = "ctc" if kind == "crctc" else "transducer"
-    args = get_export_parser(model_type).parse_args(
+    args = get_export_parser(kind).parse_args(
         ["--checkpoint", str(ckpt), "--exp-dir", str(out / "exp"), "--tokens", str(ZIPA / "tokens.txt"),
-         "--fp16", "1", "--int8", "1", *FIXTURE_FLAGS])
-    written = export_main(args, model_type)
+         "--fp16", "1", "--int8", "1"])  # no model flags: the tensors describe a published checkpoint
+    written = export_main(args, kind)
     return d, out / "exp", written
 
 

@@ -274,7 +274,7 @@ def test_commands_on_the_demo_model_name_what_make_demo_leaves():
         if "--model-size" in argv:
             assert argv[argv.index("--model-size") + 1] == "tiny"
         if argv[0].endswith("zipformer_crctc/export.py"):
-            args = get_export_parser("ctc").parse_args(argv[1:])
+            args = get_export_parser("crctc").parse_args(argv[1:])
             out = Path(args.output_dir or args.exp_dir)
             label = _label(args)
             written |= {str(out / f"model-{label}.onnx"), str(out / "tokens.txt")}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,10 +18,10 @@ import torch
 from training_fixtures import NO_AUG, SMALL_MODEL, write_tone_corpus
 from training_fixtures import REPO as ROOT
 
-from anyphone.training import checkpoint as ckpt
 from anyphone.training.loop import train
 from anyphone.training.recipe import get_train_parser
 from anyphone.training.tasks import get_task
+from anyphone.weights import checkpoint as ckpt
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +164,21 @@ def test_gloo_ddp_two_processes(corpus, tmp_path):
     assert all(torch.isfinite(v.float()).all() for v in sd.values())
 
 
+# reference phones of the tone corpus's dev cuts (write_tone_corpus(dev=6): aba kʰæt ʃiː mama goʊ tʃɛk)
+DEV_PHONES = 3 + 3 + 2 + 4 + 3 + 4
+
+
+def _per_of_errs(path: Path) -> tuple[float, int]:
+    """(PER recomputed from the error counts in an errs-*.txt file, reference phones)."""
+    m = re.search(r"Errors: (\d+) insertions, (\d+) deletions, (\d+) substitutions, over (\d+) reference",
+                  path.read_text(encoding="utf-8"))
+    assert m, path
+    ins, dels, subs, n = map(int, m.groups())
+    return 100.0 * (ins + dels + subs) / n, n
+
+
 def test_transducer_training_loss_falls_and_decode_writes_results(corpus, tmp_path):
-    from anyphone.decoding.run import decode_main_cli
+    from anyphone.training.recipe import decode_main_cli
 
     exp = tmp_path / "exp"
     args = get_train_parser("transducer").parse_args([str(a) for a in _argv(corpus, exp)] + [
@@ -180,8 +195,9 @@ def test_transducer_training_loss_falls_and_decode_writes_results(corpus, tmp_pa
         "--lang-dir", str(ROOT / "ipa_simplified"), "--test-shar", f"dev={corpus / 'dev'}", *SMALL_MODEL,
         "--num-workers", "0", "--max-duration", "8",
     ])
-    assert set(summary) == {"dev"} and summary["dev"]["PER"] >= 0
     res = exp / "greedy_search"
+    per, phones = _per_of_errs(res / "errs-dev-iter-40-avg-1-use-averaged-model.txt")
+    assert set(summary) == {"dev"} and summary["dev"]["PER"] == pytest.approx(per) and phones == DEV_PHONES
     errs = (res / "errs-dev-iter-40-avg-1-use-averaged-model.txt").read_text()
     recogs = (res / "recogs-dev-iter-40-avg-1-use-averaged-model.txt").read_text()
     assert errs.startswith("%PER = ") and "PER-UTT DETAILS" in errs
@@ -189,21 +205,51 @@ def test_transducer_training_loss_falls_and_decode_writes_results(corpus, tmp_pa
 
 
 def test_crctc_decode_averages_and_names_a_missing_checkpoint(corpus, tmp_path):
-    from anyphone.decoding.run import decode_main_cli
+    from anyphone.training.recipe import decode_main_cli
 
     exp = tmp_path / "exp"
     train(_args(corpus, exp, "--num-epochs", "10", "--max-batches", "6", "--save-every-n", "2"), get_task("crctc"))
+    # no model flags: the exp dir's config.json describes the model
     common = ["--exp-dir", str(exp), "--lang-dir", str(ROOT / "ipa_simplified"),
-              "--test-shar", f"dev={corpus / 'dev'}", *SMALL_MODEL, "--num-workers", "0", "--max-duration", "8"]
+              "--test-shar", f"dev={corpus / 'dev'}", "--num-workers", "0", "--max-duration", "8"]
     summary = decode_main_cli("crctc", [*common, "--iter", "6", "--avg", "2", "--use-averaged-model", "1",
-                                        "--decoding-method", "ctc-prefix-beam-search", "--beam-size", "2"])
+                                        "--decoding-method", "ctc-prefix-beam-search", "--beam-size", "2",
+                                        "--blank-penalty", "0.5", "--save-decode-options", "1"])
     assert "PFER" in summary["dev"]
-    assert (exp / "ctc-prefix-beam-search" / "per-summary-iter-6-avg-2-use-averaged-model.txt").is_file()
+    res = exp / "ctc-prefix-beam-search"
+    assert (res / "per-summary-iter-6-avg-2-use-averaged-model.txt").is_file()
+    per, phones = _per_of_errs(res / "errs-dev-iter-6-avg-2-use-averaged-model.txt")
+    assert summary["dev"]["PER"] == pytest.approx(per) and phones == DEV_PHONES
+    # the options are recorded for `anyphone recognize -m EXP` and load_model(EXP), the rest of config.json kept
+    card = json.loads((exp / "config.json").read_text())
+    assert card["decode"] == {"method": "ctc-prefix-beam-search", "beam_size": 2, "blank_penalty": 0.5,
+                              "max_sym_per_frame": 1}
+    assert card["family"] == "crctc" and card["model"]["name"] == "tiny"
+    from anyphone.inference.api import load_model
+
+    rec = load_model(exp, iter=6)
+    assert rec.decode_options.blank_penalty == 0.5 and rec.decode_options.emit == pytest.approx(math.exp(0.5))
     # --avg 2 without the averaged model: the plain mean of checkpoint-6 and checkpoint-4
     summary = decode_main_cli("crctc", [*common, "--iter", "6", "--avg", "2", "--use-averaged-model", "0"])
-    assert summary["dev"]["PER"] >= 0
+    per, _ = _per_of_errs(exp / "ctc-greedy-search" / "errs-dev-iter-6-avg-2.txt")
+    assert summary["dev"]["PER"] == pytest.approx(per)
     with pytest.raises(SystemExit, match="checkpoint-5.pt"):
         decode_main_cli("crctc", [*common, "--iter", "5", "--avg", "1"])
+    # export.py reads config.json too: checkpoint-6's weights as pretrained.pt, and a config.json beside it
+    from anyphone.export.onnx import export_main, get_export_parser
+
+    out = tmp_path / "export"
+    export_main(get_export_parser("crctc").parse_args([
+        "--exp-dir", str(exp), "--iter", "6", "--avg", "1", "--use-averaged-model", "0", "--onnx", "0",
+        "--lang-dir", str(ROOT / "ipa_simplified"), "--output-dir", str(out)]), "crctc")
+    exported, trained = torch.load(out / "pretrained.pt", weights_only=True), _weights(exp / "checkpoint-6.pt")
+    assert set(exported) == set(trained) and all(torch.equal(v, trained[k]) for k, v in exported.items())
+    assert json.loads((out / "config.json").read_text())["model"] == card["model"]
+    # a --model-size that config.json contradicts: one line naming config.json
+    with pytest.raises(SystemExit) as e:
+        decode_main_cli("crctc", [*common, "--iter", "6", "--model-size", "small"])
+    assert str(e.value).startswith(f"{exp / 'config.json'}: the model was trained with --model-size tiny")
+    assert "\n" not in str(e.value)
 
 
 def test_cr_ctc_starts_at_cr_start_batch():

@@ -2,12 +2,15 @@
 """Export a Zipformer pruned-transducer model: pretrained.pt (plain state_dict), tokens.txt and ONNX.
 
 Usage:
+  # the model is the one the exp dir's config.json describes (no --model-size needed)
   ./zipformer_transducer/export.py --exp-dir zipformer_transducer/exp --epoch 30 --avg 5 \
-    --use-averaged-model 1 --model-size small --onnx 1 --int8 1
-  ./zipformer_transducer/export.py --checkpoint zipa_small_noncausal_500000_avg10.pth --model-size small \
+    --use-averaged-model 1 --onnx 1 --int8 1
+  # a published ZIPA checkpoint: its size (and a joint CTC head, if any) is read off the tensors
+  ./zipformer_transducer/export.py --checkpoint zipa_small_noncausal_500000_avg10.pth \
     --exp-dir exp-zipa-t-small --onnx 1 --fp16 1 --int8 1
 
-Writes into --output-dir (default --exp-dir): pretrained.pt, tokens.txt and, as icefall's export-onnx.py,
+Writes into --output-dir (default --exp-dir): pretrained.pt, tokens.txt, config.json (when none is there)
+and, as icefall's export-onnx.py,
 encoder-<label>.onnx, decoder-<label>.onnx, joiner-<label>.onnx (+ .fp16.onnx / .int8.onnx):
   encoder: x (N, T, 80), x_lens (N,) -> encoder_out (N, T', joiner_dim) ALREADY projected by
            joiner.encoder_proj, encoder_out_lens (N,)

@@ -332,8 +332,8 @@ def align(model: Any, audio: Any, phones: str | Sequence[str] | None = None, *, 
     """Align phones (IPA) or text (with ``lang``, through eSpeak NG) to audio with a CTC model.
 
     Args:
-        model: a :class:`anyphone.inference.api.PhoneRecognizer` (``load_model(...)``) or anything
-            ``load_model`` takes (a published name, a .pth, an exp dir, an .onnx file).
+        model: a :class:`anyphone.inference.api.PhoneRecognizer` (``load_model(...)``), or anything with its
+            ``frame_log_probs``, ``tokenizer`` and ``frame_shift``.
         audio: a path or a mono waveform (``sample_rate`` then, unless 16 kHz).
         phones: IPA (string or list of phones). Give this or ``text``.
         text: orthographic text, turned into IPA with eSpeak NG's ``lang`` voice (words become a word tier).
@@ -347,9 +347,9 @@ def align(model: Any, audio: Any, phones: str | Sequence[str] | None = None, *, 
         anyphone.inference.audio.AudioError: unreadable audio.
     """
     if not hasattr(model, "frame_log_probs"):
-        from anyphone.inference.api import load_model
-
-        model = load_model(model)
+        # alignment sits below inference (the recogniser's align() calls this): it takes a loaded model
+        raise TypeError(f"model: expected a loaded recogniser (anyphone.inference.load_model(...)), got a "
+                        f"{type(model).__name__}")
     where = str(audio) if isinstance(audio, (str, os.PathLike)) else "audio"
     if (phones is None) == (text is None):
         raise AlignmentError(f"{where}: give either phones (IPA) or text (with lang), not "

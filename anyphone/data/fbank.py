@@ -21,32 +21,10 @@ import numpy as np
 import torch
 from lhotse.features.kaldi.layers import Wav2LogFilterBank
 
-SAMPLE_RATE = 16000
-FRAME_SHIFT_SAMPLES = 160  # 10 ms at 16 kHz
-NUM_MEL_BINS = 80
+from anyphone.data.fbank_options import FRAME_SHIFT_SAMPLES, NUM_MEL_BINS, SAMPLE_RATE, ZIPA_FBANK_OPTIONS
 
-# The lhotse FbankConfig defaults that ZIPA relies on, spelled out so that a change of the
-# lhotse defaults cannot silently change our features.
-ZIPA_FBANK_OPTIONS = {
-    "sampling_rate": SAMPLE_RATE,
-    "frame_length": 0.025,
-    "frame_shift": 0.01,
-    "round_to_power_of_two": True,
-    "remove_dc_offset": True,
-    "preemph_coeff": 0.97,
-    "window_type": "povey",
-    "dither": 0.0,
-    "snip_edges": False,
-    "energy_floor": 1e-10,
-    "raw_energy": True,
-    "use_energy": False,
-    "use_fft_mag": False,
-    "low_freq": 20.0,
-    "high_freq": -400.0,
-    "num_filters": NUM_MEL_BINS,
-    "norm_filters": False,
-    "torchaudio_compatible_mel_scale": True,
-}
+__all__ = ["FRAME_SHIFT_SAMPLES", "NUM_MEL_BINS", "SAMPLE_RATE", "ZIPA_FBANK_OPTIONS", "FbankModule", "compute_fbank",
+           "num_frames", "pad_waves"]
 
 
 def num_frames(num_samples: int | torch.Tensor) -> int | torch.Tensor:

@@ -12,13 +12,24 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from anyphone.training.loop import str2bool
+from anyphone.decoding.options import DecodeOptions
+from anyphone.models.presets import ZipformerConfig, config_from_args, model_flag_dests
+from anyphone.utils import resolve_device, str2bool
+from anyphone.weights.checkpoint import CheckpointMismatchError, load_model_weights
+from anyphone.weights.config import build_model, config_from_state_dict, head_sizes
+from anyphone.weights.expdir import (
+    CONFIG_FILE,
+    model_section,
+    read_config,
+    record_decode_options,
+    select_state_dict,
+)
+from anyphone.weights.safe_load import UnsafeCheckpointError, model_family
 
 log = logging.getLogger("anyphone.decode")
 
@@ -33,12 +44,12 @@ def _finite_float(value: str) -> float:
     return out
 
 
-def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("decoding (icefall names)")
-    g.add_argument("--exp-dir", type=Path, default=Path("exp"))
-    g.add_argument("--lang-dir", type=Path, default=Path("ipa_simplified"))
-    g.add_argument("--epoch", type=int, default=0, help="Decode epoch-N.pt (with --avg). Ignored if --iter > 0.")
-    g.add_argument("--iter", type=int, default=0, help="Decode checkpoint-N.pt (with --avg).")
+def add_checkpoint_arguments(g: argparse._ActionsContainer, verb: str = "Decode") -> None:
+    """icefall's weight-selection flags (decode.py and export.py): --exp-dir, --epoch, --iter, --avg,
+    --use-averaged-model, --checkpoint; read by :func:`select_decoding_weights`."""
+    g.add_argument("--exp-dir", type=Path, default=Path("exp"), help="Checkpoints and config.json are read here.")
+    g.add_argument("--epoch", type=int, default=0, help=f"{verb} epoch-N.pt (with --avg). Ignored if --iter > 0.")
+    g.add_argument("--iter", type=int, default=0, help=f"{verb} checkpoint-N.pt (with --avg).")
     g.add_argument("--avg", type=int, default=1, help="Number of checkpoints to average, ending at --iter/--epoch.")
     g.add_argument(
         "--use-averaged-model",
@@ -48,7 +59,13 @@ def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
         "before the last one), which is better than averaging the raw weights.",
     )
     g.add_argument("--checkpoint", type=Path, default=None,
-                   help="Decode this file directly (a checkpoint or a plain state_dict such as a ZIPA .pth).")
+                   help=f"{verb} this file directly (a checkpoint or a plain state_dict such as a ZIPA .pth).")
+
+
+def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("decoding (icefall names)")
+    add_checkpoint_arguments(g)
+    g.add_argument("--lang-dir", type=Path, default=Path("ipa_simplified"))
     g.add_argument("--decoding-method", type=str, default=None,
                    help="crctc: ctc-greedy-search | ctc-prefix-beam-search; "
                    "transducer: greedy_search | modified_beam_search (default: the greedy one)")
@@ -57,6 +74,10 @@ def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--blank-penalty", type=_finite_float, default=0.0,
                    help="Subtracted from the blank's log-probability (CTC) or logit (transducer) before the "
                         "search; > 0 emits more phones, against deletions. Tune it on a dev set.")
+    g.add_argument("--save-decode-options", type=str2bool, default=False,
+                   help="Record --decoding-method, --beam-size, --blank-penalty and --max-sym-per-frame in "
+                   "<exp-dir>/config.json, so that `anyphone recognize -m <exp-dir>` and load_model use them "
+                   "(recognize's --emit is the same knob as --blank-penalty: emit = exp(blank_penalty)).")
     g.add_argument("--pfer", type=str2bool, default=True, help="Also compute PanPhon feature error rates.")
     g.add_argument("--device", type=str, default="auto")
     g.add_argument("--num-threads", type=int, default=0)
@@ -76,18 +97,25 @@ def load_decoding_weights(args: argparse.Namespace, model: nn.Module) -> str:
     corrupt or holds pickled objects other than tensors (refused, never unpickled), or weights of another shape
     than the model flags give (with the first tensor that differs and the --model-size they look like).
     """
-    from anyphone.inference.hub import UnsafeCheckpointError
-    from anyphone.training.checkpoint import CheckpointMismatchError
-
+    sd, source = select_decoding_weights(args)
     try:
-        return _load_decoding_weights(args, model)
+        load_model_weights(model, sd, source)
     except CheckpointMismatchError as e:
-        raise SystemExit(f"{e}; {_size_hint(getattr(e, 'state_dict', None))}") from None
+        raise SystemExit(f"{e}; {_size_hint(sd)}") from None
+    return checkpoint_suffix(args)
+
+
+def select_decoding_weights(args: argparse.Namespace) -> tuple[dict, str]:
+    """(state_dict, where it came from) of the decode flags (:func:`anyphone.weights.expdir.select_state_dict`);
+    every problem is a one-line SystemExit."""
+    if args.checkpoint is None and args.iter <= 0 and args.epoch <= 0:
+        raise SystemExit("give --iter N or --epoch N (or --checkpoint FILE)")
+    try:
+        return select_state_dict(args.exp_dir, iter=max(0, args.iter),
+                                 epoch=args.epoch if args.iter <= 0 else 0, avg=args.avg,
+                                 use_averaged_model=args.use_averaged_model, checkpoint=args.checkpoint)
     except (UnsafeCheckpointError, FileNotFoundError, ValueError) as e:
         raise SystemExit(_first_line(e)) from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError, IndexError) as e:
-        # an averaging helper failed on a file it loaded: name the first one that does not load on its own
-        raise SystemExit(_first_line(_find_unreadable(args, e))) from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -99,8 +127,6 @@ def _size_hint(state_dict) -> str:
     """What to pass for weights that do not fit the model flags: the size preset they match, if any."""
     if state_dict is not None:
         try:
-            from anyphone.inference.api import config_from_state_dict
-
             _, cfg, _ = config_from_state_dict(state_dict)
             if cfg.name in ("tiny", "small", "large"):
                 return f"they are a {cfg.name} model: pass --model-size {cfg.name}"
@@ -109,93 +135,51 @@ def _size_hint(state_dict) -> str:
     return "pass the model flags it was trained with (--model-size, --encoder-dim, ...)"
 
 
-def _candidates(args: argparse.Namespace) -> list[Path]:
-    """The checkpoint files --iter/--epoch (with --avg) may read, newest first."""
-    from anyphone.training import checkpoint as ckpt
+def model_config_for(args: argparse.Namespace, family: str, state_dict: dict) -> tuple[ZipformerConfig, bool]:
+    """The configuration to decode (or export) ``state_dict`` with, and whether a transducer has a CTC head.
 
-    exp = Path(args.exp_dir)
-    if args.iter > 0:
-        return [p for p in ckpt.find_checkpoints(exp) if _batch_of(p) <= args.iter]
-    numbers = range(args.epoch, max(args.epoch - args.avg, 1) - 1, -1)  # --use-averaged-model reads epoch - avg
-    return [exp / f"epoch-{i}.pt" for i in numbers if (exp / f"epoch-{i}.pt").is_file()]
-
-
-def _find_unreadable(args: argparse.Namespace, e: BaseException) -> BaseException:
-    from anyphone.inference.hub import UnsafeCheckpointError, load_state_dict
-
-    paths = [Path(args.checkpoint)] if args.checkpoint is not None else _candidates(args)
-    for p in paths:
-        try:
-            load_state_dict(p)
-        except (UnsafeCheckpointError, ValueError, FileNotFoundError) as problem:
-            return problem
-    where = args.checkpoint if args.checkpoint is not None else args.exp_dir
-    return ValueError(f"{where}: cannot load the checkpoints ({_first_line(e)})")
-
-
-def _load_decoding_weights(args: argparse.Namespace, model: nn.Module) -> str:
-    from anyphone.training import checkpoint as ckpt
-
+    An exp dir describes itself: its ``config.json`` (or, for --checkpoint FILE, a ``FILE.json`` or
+    ``config.json`` beside it) gives the model, so --model-size is not needed; given anyway and different, it
+    is an error (one line). Without a config.json the model flags give it when any is passed, else the tensors
+    (a ZIPA checkpoint needs no flag). The result is checked against every tensor's shape.
+    """
     if args.checkpoint is not None:
-        from anyphone.inference.hub import load_state_dict
-
-        sd = load_state_dict(args.checkpoint)
-        if isinstance(sd.get("model"), dict):
-            sd = sd["model"]
-        _load_weights(model, sd, args.checkpoint)
-        return str(args.checkpoint)
-    exp = Path(args.exp_dir)
-    if args.iter > 0:
-        names = [p for p in ckpt.find_checkpoints(exp) if _batch_of(p) <= args.iter]
-        if not names or _batch_of(names[0]) != args.iter:
-            raise SystemExit(f"--iter {args.iter}: {exp / f'checkpoint-{args.iter}.pt'} does not exist")
-        need = args.avg + 1 if args.use_averaged_model else args.avg
-        if len(names) < need:
-            missing = "an older checkpoint than " + str(names[-1])
-            raise SystemExit(f"--iter {args.iter} --avg {args.avg} needs {need} checkpoints in {exp}; "
-                             f"found {len(names)} (missing {missing})")
-        if args.use_averaged_model:
-            start, end = names[args.avg], names[0]
-            sd = ckpt.average_two_averaged_models(start, end)
-        else:
-            sd = ckpt.average_checkpoints(names[: args.avg])
-        source = names[0] if args.avg == 1 else f"{names[0]} (averaged with --avg {args.avg})"
+        ckpt = Path(args.checkpoint)
+        candidates = [ckpt.with_suffix(".json"), ckpt.parent / CONFIG_FILE]
     else:
-        if args.epoch <= 0:
-            raise SystemExit("give --iter N or --epoch N (or --checkpoint FILE)")
-        if args.use_averaged_model:
-            start = exp / f"epoch-{args.epoch - args.avg}.pt"
-            end = exp / f"epoch-{args.epoch}.pt"
-            for p in (start, end):
-                if not p.is_file():
-                    raise SystemExit(f"--epoch {args.epoch} --avg {args.avg} --use-averaged-model needs {p}, "
-                                     "which does not exist")
-            sd = ckpt.average_two_averaged_models(start, end)
-        else:
-            paths = [exp / f"epoch-{i}.pt" for i in range(args.epoch - args.avg + 1, args.epoch + 1)]
-            for p in paths:
-                if not p.is_file():
-                    raise SystemExit(f"--epoch {args.epoch} --avg {args.avg} needs {p}, which does not exist")
-            sd = ckpt.average_checkpoints(paths)
-        end = exp / f"epoch-{args.epoch}.pt"
-        source = end if args.avg == 1 else f"{end} (averaged with --avg {args.avg})"
-    _load_weights(model, sd, source)
-    return checkpoint_suffix(args)
-
-
-def _load_weights(model: nn.Module, sd, source) -> None:
-    """load_model_weights, keeping the weights on a mismatch so the error can say which size they are."""
-    from anyphone.training.checkpoint import CheckpointMismatchError, load_model_weights
-
+        candidates = [Path(args.exp_dir) / CONFIG_FILE]
+    where = next((p for p in candidates if p.is_file()), None)
     try:
-        load_model_weights(model, sd, source)
-    except CheckpointMismatchError as e:
-        e.state_dict = sd
-        raise
-
-
-def _batch_of(path: Path) -> int:
-    return int(Path(path).stem.split("-")[-1])
+        card = read_config(where) if where is not None else None
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    model = model_section(card)
+    if card is not None and card.get("family", family) != family:
+        raise SystemExit(f"{where}: the model is a {card['family']} model; decode and export it with "
+                         f"zipformer_{card['family']}/")
+    given_size = getattr(args, "model_size", None)
+    if model is not None:
+        cfg = ZipformerConfig.from_dict(model)
+        if given_size is not None and given_size != cfg.name:
+            raise SystemExit(f"{where}: the model was trained with --model-size {cfg.name}, not --model-size "
+                             f"{given_size}; drop the flag (config.json describes the model)")
+    elif given_size is not None or any(getattr(args, dest, None) is not None for dest in model_flag_dests()):
+        cfg = config_from_args(args)
+        found = model_family(state_dict)
+        if found is not None:  # the output sizes are the tensors' (the flags describe the encoder)
+            cfg = cfg.replace(**head_sizes(state_dict, found))
+    else:
+        cfg = None
+    label = where if where is not None else (args.checkpoint or args.exp_dir)
+    try:
+        found, cfg, use_ctc = config_from_state_dict(state_dict, cfg)
+    except ValueError as e:
+        hint = _size_hint(state_dict) if model is None else f"{where} does not describe these weights"
+        raise SystemExit(f"{label}: {_first_line(e)}; {hint}") from None
+    if found != family:
+        raise SystemExit(f"{label}: these weights are a {found} model; decode and export them with "
+                         f"zipformer_{found}/")
+    return cfg, use_ctc
 
 
 @torch.no_grad()
@@ -213,7 +197,21 @@ def decode_dataset(dl, model: nn.Module, task, args, tokenizer, device) -> list[
     return results
 
 
+def decode_options_from_args(args: argparse.Namespace, family_default: str) -> DecodeOptions:
+    """The :class:`DecodeOptions` of decode.py's flags (the family's greedy search when no method is given)."""
+    try:
+        return DecodeOptions(method=args.decoding_method or family_default, beam_size=args.beam_size,
+                             blank_penalty=args.blank_penalty, max_sym_per_frame=args.max_sym_per_frame)
+    except ValueError as e:
+        raise SystemExit(f"decode options: {e}") from None
+
+
 def decode_main(args: argparse.Namespace, task) -> dict[str, dict[str, float]]:
+    """Decode every --test-shar set with the weights and options the flags name; write and return the scores.
+
+    The model is described by the exp dir's config.json (see :func:`model_config_for`); ``task`` (a family's
+    task object: ``name``, ``decode``, ``output_downsampling_factor``) runs the search.
+    """
     from anyphone.data.module import PhoneDataModule
     from anyphone.decoding import scoring
     from anyphone.text.tokenizer import IpaTokenizer
@@ -221,18 +219,26 @@ def decode_main(args: argparse.Namespace, task) -> dict[str, dict[str, float]]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    args.decoding_method = args.decoding_method or task.default_decoding_method
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise SystemExit(f"--device: {e}") from None
+    options = decode_options_from_args(args, task.default_decoding_method)
+    args.decoding_method = options.method  # the task's search reads its options from args
     tokenizer = IpaTokenizer.from_dir(args.lang_dir)
-    model = task.build_model(args, tokenizer)
-    label = load_decoding_weights(args, model)
+    sd, source = select_decoding_weights(args)
+    cfg, use_ctc = model_config_for(args, task.name, sd)
+    model = build_model(task.name, cfg.replace(vocab_size=tokenizer.vocab_size), use_ctc)
+    try:
+        load_model_weights(model, sd, source)
+    except CheckpointMismatchError as e:  # the tokens, not the shapes checked above: vocab size
+        raise SystemExit(f"{e}; --lang-dir {args.lang_dir} must hold the tokens it was trained with") from None
     model.to(device).eval()
-    log.info("Decoding with %s (%s), %s parameters", label, args.decoding_method,
+    log.info("Decoding with %s (%s), %s parameters", source, options.method,
              f"{sum(p.numel() for p in model.parameters()):,}")
 
     suffix = checkpoint_suffix(args)
-    res_dir = Path(args.exp_dir) / args.decoding_method
+    res_dir = Path(args.exp_dir) / options.method
     res_dir.mkdir(parents=True, exist_ok=True)
     datamodule = PhoneDataModule(args, output_downsampling_factor=task.output_downsampling_factor)
     summary: dict[str, dict[str, float]] = {}
@@ -246,24 +252,7 @@ def decode_main(args: argparse.Namespace, task) -> dict[str, dict[str, float]]:
                  f", PFER {report.overall.pfer:.2f}%" if args.pfer else "", len(results))
     scoring.write_summary(res_dir / f"per-summary-{suffix}.txt", summary)
     print((res_dir / f"per-summary-{suffix}.txt").read_text())
+    if args.save_decode_options:
+        path = record_decode_options(args.exp_dir, options.to_dict())
+        log.info("Recorded the decode options in %s: %s", path, options.to_dict())
     return summary
-
-
-def get_decode_parser(task_name: str, description: str | None = None) -> argparse.ArgumentParser:
-    from anyphone.data.module import PhoneDataModule
-    from anyphone.models.presets import add_model_arguments
-    from anyphone.training.tasks import get_task
-
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_decode_arguments(parser)
-    add_model_arguments(parser)
-    PhoneDataModule.add_arguments(parser)
-    get_task(task_name).add_arguments(parser)
-    return parser
-
-
-def decode_main_cli(task_name: str, argv: list[str] | None = None, description: str | None = None):
-    from anyphone.training.tasks import get_task
-
-    args = get_decode_parser(task_name, description).parse_args(argv)
-    return decode_main(args, get_task(task_name))

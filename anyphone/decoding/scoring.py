@@ -40,15 +40,15 @@ or the whole new one, never half of one.
 from __future__ import annotations
 
 import functools
-import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import kaldialign
 
 from anyphone.fileio import atomic_write
+from anyphone.text.ipa import segment_phones
 
 __all__ = [
     "ErrorStats",
@@ -76,32 +76,12 @@ Result = tuple[str, str, str, str]
 # Phone segmentation
 
 
-def _fallback_segment_phones(text: str) -> list[str]:
-    """Base symbol + following modifiers; used only while anyphone.text.ipa is unavailable."""
-    phones: list[str] = []
-    for ch in text:
-        is_modifier = unicodedata.combining(ch) != 0 or unicodedata.category(ch) in ("Lm", "Sk", "Mn")
-        if is_modifier and phones:
-            phones[-1] += ch
-        else:
-            phones.append(ch)
-    return phones
-
-
-def _segmenter() -> Callable[[str], list[str]]:
-    try:
-        from anyphone.text.ipa import segment_phones
-    except ImportError:
-        return _fallback_segment_phones
-    return segment_phones
-
-
 def text_to_phones(text: str) -> list[str]:
     """IPA text -> list of phones (whitespace and ``▁`` removed, then ``segment_phones``)."""
     cleaned = "".join(ch for ch in text if not ch.isspace() and ch != WORD_BOUNDARY)
     if not cleaned:
         return []
-    return list(_segmenter()(cleaned))
+    return list(segment_phones(cleaned))
 
 
 # ----------------------------------------------------------------------------------------------------------

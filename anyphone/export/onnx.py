@@ -656,23 +656,17 @@ def export_transducer_model(
 # ---------------------------------------------------------------------------------------------
 
 
-def get_export_parser(model_type: str, description: str | None = None):
-    """icefall-style export flags plus the model flags of :mod:`anyphone.models.presets`."""
+def get_export_parser(family: str, description: str | None = None):
+    """icefall-style export flags plus the model flags of :mod:`anyphone.models.presets` (optional: the exp
+    dir's config.json describes the model). ``family``: "crctc" or "transducer"."""
     import argparse
 
+    from anyphone.decoding.run import add_checkpoint_arguments
     from anyphone.models.presets import add_model_arguments
     from anyphone.utils import str2bool
 
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("checkpoint (icefall names)")
-    g.add_argument("--exp-dir", type=Path, default=Path("exp"), help="Checkpoints are read from here.")
-    g.add_argument("--epoch", type=int, default=0, help="Export epoch-N.pt (with --avg); ignored if --iter > 0.")
-    g.add_argument("--iter", type=int, default=0, help="Export checkpoint-N.pt (with --avg).")
-    g.add_argument("--avg", type=int, default=1, help="Number of checkpoints to average.")
-    g.add_argument("--use-averaged-model", type=str2bool, default=True,
-                   help="Average with the running averaged model kept in the checkpoints.")
-    g.add_argument("--checkpoint", type=Path, default=None,
-                   help="Export this file (a checkpoint or a plain state_dict such as a ZIPA .pth) instead.")
+    add_checkpoint_arguments(p.add_argument_group("checkpoint (icefall names)"), verb="Export")
     g = p.add_argument_group("export")
     g.add_argument("--tokens", type=Path, default=None,
                    help="tokens.txt (default: <lang-dir>/tokens.txt, else the packaged ZIPA table)")
@@ -682,9 +676,6 @@ def get_export_parser(model_type: str, description: str | None = None):
     g.add_argument("--fp16", type=str2bool, default=False, help="Also write .fp16.onnx (fp16 weights, fp32 I/O).")
     g.add_argument("--int8", type=str2bool, default=False, help="Also write .int8.onnx (dynamic quantisation).")
     g.add_argument("--opset", type=int, default=18)
-    if model_type == "transducer":
-        g.add_argument("--use-ctc", type=str2bool, default=False,
-                       help="The checkpoint has a joint CTC head (ctc_output.*); it is not exported.")
     add_model_arguments(p)
     return p
 
@@ -713,25 +704,27 @@ def _label(args) -> str:
     return f"{base}-avg-{args.avg}"
 
 
-def export_main(args, model_type: str) -> dict[str, list[Path]]:
-    """Load/average weights, write ``pretrained.pt`` (plain state_dict), tokens.txt and the ONNX files."""
-    from anyphone.decoding.run import load_decoding_weights
-    from anyphone.models.presets import config_from_args
+def export_main(args, family: str) -> dict[str, list[Path]]:
+    """Load/average weights, write ``pretrained.pt`` (plain state_dict), tokens.txt and the ONNX files.
 
+    The model is the one the exp dir's config.json (or the checkpoint's tensors) describes; a transducer's
+    joint CTC head, if it has one, is loaded and not exported."""
+    from anyphone.decoding.run import model_config_for, select_decoding_weights
+    from anyphone.weights.checkpoint import CheckpointMismatchError, load_model_weights
+    from anyphone.weights.config import build_model
+    from anyphone.weights.expdir import CONFIG_FILE, write_config
+
+    if family not in ("crctc", "transducer"):
+        raise ValueError(f"export_main: family={family!r}, expected 'crctc' or 'transducer'")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     tokens = _tokens_file(args)
-    cfg = config_from_args(args).replace(vocab_size=_count_tokens(tokens))
-    if model_type == "ctc":
-        from anyphone.models.ctc import CtcModel
-
-        model: nn.Module = CtcModel(cfg)
-    elif model_type == "transducer":
-        from anyphone.models.transducer import TransducerModel
-
-        model = TransducerModel(cfg, use_ctc=bool(getattr(args, "use_ctc", False)))
-    else:
-        raise ValueError(f"export_main: model_type={model_type!r}, expected 'ctc' or 'transducer'")
-    source = load_decoding_weights(args, model)
+    sd, source = select_decoding_weights(args)
+    cfg, use_ctc = model_config_for(args, family, sd)
+    model: nn.Module = build_model(family, cfg.replace(vocab_size=_count_tokens(tokens)), use_ctc)
+    try:
+        load_model_weights(model, sd, source)
+    except CheckpointMismatchError as e:  # shapes were checked: the token table is the other size
+        raise SystemExit(f"{e}; {tokens} must be the token table it was trained with") from None
     model.eval()
     out_dir = Path(args.output_dir or args.exp_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -739,6 +732,8 @@ def export_main(args, model_type: str) -> dict[str, list[Path]]:
         torch.save(model.state_dict(), f)
     if tokens.resolve() != (out_dir / "tokens.txt").resolve():
         atomic_write_bytes(out_dir / "tokens.txt", tokens.read_bytes())
+    if not (out_dir / CONFIG_FILE).is_file():  # pretrained.pt describes itself too (load_model, finetune)
+        write_config(out_dir, model=model.cfg.to_dict(), family=family, tokens="tokens.txt")
     log.info("Loaded %s (%s parameters); wrote %s", source, f"{sum(p.numel() for p in model.parameters()):,}",
              out_dir / "pretrained.pt")
     written: dict[str, list[Path]] = {}
@@ -746,7 +741,7 @@ def export_main(args, model_type: str) -> dict[str, list[Path]]:
         return written
     label = _label(args)
     meta = {"checkpoint": str(source)}
-    if model_type == "ctc":
+    if family == "crctc":
         written["model"] = export_ctc_model(model, out_dir / f"model-{label}.onnx", fp16=args.fp16,
                                             int8=args.int8, opset=args.opset, extra_meta=meta)
     else:

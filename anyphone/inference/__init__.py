@@ -50,7 +50,7 @@ __all__ = [
 
 
 # The model-side API imports torch, so it is loaded only when asked for.
-_LAZY = {"load_model": "anyphone.inference.api", "PhoneRecognizer": "anyphone.inference.api",
+_LAZY = {"load_model": "anyphone.inference.loading", "PhoneRecognizer": "anyphone.inference.recognizer",
          "plot_posteriorgram": "anyphone.inference.plot"}
 
 

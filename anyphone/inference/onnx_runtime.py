@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from anyphone.data.fbank_options import FRAME_SHIFT_SAMPLES as _FRAME_SHIFT
+from anyphone.data.fbank_options import SAMPLE_RATE
+
 __all__ = [
     "OnnxCtcRecognizer",
     "OnnxTransducerRecognizer",
@@ -37,8 +40,6 @@ __all__ = [
     "read_model_metadata",
 ]
 
-SAMPLE_RATE = 16000
-_FRAME_SHIFT = 160  # samples (10 ms at 16 kHz)
 _SILENT_TOKENS = ("<blk>", "<sos/eos>", "<unk>", "▁")
 
 
@@ -108,26 +109,27 @@ def num_frames(num_samples: int) -> int:
 def _fbank_options():
     import kaldi_native_fbank as knf
 
-    # lhotse Fbank() defaults as used by ZIPA (see /work/shared/reference/zipa/README.md)
+    from anyphone.data.fbank_options import ZIPA_FBANK_OPTIONS as z  # the PyTorch front end's numbers
+
     o = knf.FbankOptions()
     fo = o.frame_opts
-    fo.samp_freq = SAMPLE_RATE
-    fo.frame_shift_ms = 10.0
-    fo.frame_length_ms = 25.0
-    fo.dither = 0.0
-    fo.preemph_coeff = 0.97
-    fo.remove_dc_offset = True
-    fo.window_type = "povey"
-    fo.round_to_power_of_two = True
-    fo.snip_edges = False
+    fo.samp_freq = z["sampling_rate"]
+    fo.frame_shift_ms = 1000.0 * z["frame_shift"]
+    fo.frame_length_ms = 1000.0 * z["frame_length"]
+    fo.dither = z["dither"]
+    fo.preemph_coeff = z["preemph_coeff"]
+    fo.remove_dc_offset = z["remove_dc_offset"]
+    fo.window_type = z["window_type"]
+    fo.round_to_power_of_two = z["round_to_power_of_two"]
+    fo.snip_edges = z["snip_edges"]
     mo = o.mel_opts
-    mo.num_bins = 80
-    mo.low_freq = 20.0
-    mo.high_freq = -400.0
+    mo.num_bins = z["num_filters"]
+    mo.low_freq = z["low_freq"]
+    mo.high_freq = z["high_freq"]
     # Kaldi's mel banks (1127 ln(1 + f/700), unnormalised triangles) = lhotse's torchaudio-compatible ones
     mo.is_librosa = False
     mo.htk_mode = False
-    o.use_energy = False
+    o.use_energy = z["use_energy"]
     o.use_power = True
     o.use_log_fbank = True
     # log(max(energy, float32 eps)), as lhotse does

@@ -27,6 +27,7 @@ __all__ = [
     "add_model_arguments",
     "config_from_args",
     "get_preset",
+    "model_flag_dests",
 ]
 
 # Fields that hold one int per encoder stack (or a list of choices, for the chunk options).
@@ -237,9 +238,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--model-size",
         type=str,
-        default="small",
+        default=None,
         choices=[k for k in PRESETS if k != "fixture_tiny"],
-        help="Preset whose values are used for every model flag not given explicitly",
+        help="Preset whose values are used for every model flag not given explicitly (default: small; decode.py "
+        "and export.py read the exp dir's config.json instead)",
     )
     for flag, dest, help_ in _FLAGS:
         g.add_argument(flag, dest=dest, type=str, default=None, help=help_)
@@ -252,6 +254,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Train a chunk-causal (streaming-capable) model: true/false",
     )
+
+
+def model_flag_dests() -> list[str]:
+    """Namespace names of the shape flags :func:`add_model_arguments` adds besides ``--model-size``."""
+    return [dest for _, dest, _ in _FLAGS + _INT_FLAGS] + ["causal"]
 
 
 def config_from_args(args: argparse.Namespace) -> ZipformerConfig:

@@ -23,7 +23,21 @@ from .scaling import (
     scaled_conv2d,
 )
 
-__all__ = ["Conv2dSubsampling", "ConvNeXt"]
+__all__ = ["Conv2dSubsampling", "ConvNeXt", "encoder_output_frames"]
+
+
+def encoder_output_frames(num_fbank_frames, output_downsampling_factor: int = 1):
+    """Zipformer output frames for ``num_fbank_frames`` input frames (an int or an int tensor).
+
+    Conv2dSubsampling gives ``(T - 7) // 2`` frames (50 Hz); the encoder then downsamples by
+    ``output_downsampling_factor`` rounding up: 1 for CR-CTC, 2 for the transducer (``((T - 7) // 2 + 1) // 2``).
+    Never below 0 for ints.
+    """
+    out = (num_fbank_frames - 7) // 2
+    f = output_downsampling_factor
+    if f != 1:
+        out = (out + f - 1) // f
+    return max(0, out) if isinstance(out, int) else out
 
 
 class ConvNeXt(nn.Module):
@@ -148,7 +162,7 @@ class Conv2dSubsampling(nn.Module):
         x = self.out_whiten(x)
         x = self.out_norm(x)
         x = self.dropout(x)
-        x_lens = torch.div(x_lens - 7, 2, rounding_mode="floor")
+        x_lens = encoder_output_frames(x_lens)
         if not is_exporting() and x.shape[1] != int(x_lens.max()):
             raise ValueError(
                 f"Conv2dSubsampling: output has {x.shape[1]} frames but max(x_lens) gives {int(x_lens.max())}; "

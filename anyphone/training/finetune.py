@@ -55,13 +55,6 @@ FINETUNE_SCHEDULE = ["--warmup-batches", "100", "--lr-batches", "1000", "--lr-ep
 # by 50k reference batches; a pretrained model starts there rather than at the warm-up values of a new model.
 PRETRAINED_SCHEDULE_COUNT = 50000.0
 
-_MODEL_FIELDS = (
-    "num_encoder_layers", "downsampling_factor", "feedforward_dim", "num_heads", "encoder_dim", "query_head_dim",
-    "value_head_dim", "pos_head_dim", "encoder_unmasked_dim", "cnn_module_kernel", "chunk_size",
-    "left_context_frames", "pos_dim", "decoder_dim", "joiner_dim", "context_size",
-)
-
-
 class FinetuneError(Exception):
     """A one-line problem with the fine-tuning inputs (data, model or flags)."""
 
@@ -265,23 +258,21 @@ def _exp_dir_checkpoint(path: Path) -> Path | None:
         if (path / name).is_file():
             return path / name
     if any(path.glob("checkpoint-*.pt")) or any(path.glob("epoch-*.pt")):
-        from anyphone.training.checkpoint import latest_checkpoint
+        from anyphone.weights.checkpoint import latest_checkpoint
 
         return latest_checkpoint(path)
     return None
 
 
 def _json_config(checkpoint: Path) -> dict | None:
-    for p in (checkpoint.with_suffix(".json"), checkpoint.parent / "config.json"):
-        if p.is_file():
-            try:
-                d = json.loads(p.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise FinetuneError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
-            if isinstance(d, dict):
-                d = d.get("model", d)
-                return d if isinstance(d, dict) else None
-    return None
+    """The model section of the config.json describing ``checkpoint`` (``x.json`` beside ``x.pt``, else the
+    folder's ``config.json``), or None; FinetuneError (one line) for a file that is not JSON."""
+    from anyphone.weights.expdir import CONFIG_FILE, read_model_config
+
+    try:
+        return read_model_config(checkpoint.with_suffix(".json"), checkpoint.parent / CONFIG_FILE)
+    except ValueError as e:
+        raise FinetuneError(str(e)) from None
 
 
 def resolve_init_model(name_or_path: str | os.PathLike) -> InitModel:
@@ -293,7 +284,8 @@ def resolve_init_model(name_or_path: str | os.PathLike) -> InitModel:
     tensor shapes. Raises FinetuneError (one line) when the model cannot be found, read or understood.
     """
     from anyphone.inference import hub
-    from anyphone.inference.api import config_from_state_dict
+    from anyphone.weights.config import config_from_state_dict
+    from anyphone.weights.safe_load import infer_family_size
 
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
@@ -309,7 +301,7 @@ def resolve_init_model(name_or_path: str | os.PathLike) -> InitModel:
         sd = hub.load_state_dict(files.checkpoint)
     except (FileNotFoundError, ValueError) as e:
         raise FinetuneError(f"--init-from {text}: {e}") from None
-    family, size = hub.infer_family_size(sd)
+    family, size = infer_family_size(sd)
     if family is None:
         raise FinetuneError(f"--init-from {text}: {files.checkpoint} has neither ctc_output.* (CR-CTC) nor "
                             "decoder.*/joiner.* (transducer) weights; not a ZIPA/anyphone model")
@@ -331,17 +323,21 @@ def resolve_init_model(name_or_path: str | os.PathLike) -> InitModel:
                      vocab, label)
 
 
-def _model_flags(init: InitModel) -> list[str]:
-    """Training flags that rebuild exactly the init model's shape (every field explicit, so any shape works)."""
-    cfg = init.config.to_dict()
-    size = init.config.name if init.config.name in ("tiny", "small", "large") else "small"
-    flags = ["--model-size", size]
-    for name in _MODEL_FIELDS:
-        flags += ["--" + name.replace("_", "-"), str(cfg[name])]
-    flags += ["--causal", "1" if init.config.causal else "0"]
-    if init.family == "transducer":
-        flags += ["--use-ctc", "1" if init.use_ctc else "0"]
-    return flags
+def _apply_model_config(args: argparse.Namespace, init: InitModel, extra: list[str]) -> None:
+    """Set the training arguments that rebuild exactly the init model's shape (each shape field the user did
+    not pass in ``extra``), straight from its ZipformerConfig: no round trip through flag strings."""
+    from anyphone.models.presets import PRESETS, model_flag_dests
+
+    fields = init.config.to_dict()
+    for dest in model_flag_dests():
+        if dest in fields and not _given("--" + dest.replace("_", "-"), extra):
+            setattr(args, dest, fields[dest])
+    if init.family == "transducer" and not _given("--use-ctc", extra):
+        args.use_ctc = init.use_ctc
+    if not _given("--model-size", extra):
+        # every shape field is set above; the name only labels config.json (fixture_tiny is no --model-size
+        # choice, and a derived shape is "custom")
+        args.model_size = init.config.name if init.config.name in PRESETS else None
 
 
 def _write_lang_dir(init: InitModel, lang_dir: Path) -> Path:
@@ -406,18 +402,14 @@ def build_train_args(opts: argparse.Namespace, init: InitModel, extra: list[str]
         "--valid-every-epoch", "1", "--keep-best", "1",
         "--device", opts.device, "--world-size", str(opts.world_size),
         "--remove-diacritics", "1" if opts.remove_diacritics else "0",
-        *_model_flags(init), *extra,
+        *extra,
     ]
     parser = get_train_parser(init.family)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         raise FinetuneError(f"unknown option(s) {' '.join(unknown)}: not a finetune flag (anyphone finetune "
                             f"--help) nor a training flag (zipformer_{init.family}/train.py --help)")
-    from anyphone.models.presets import PRESETS
-
-    if init.config.name in PRESETS and not _given("--model-size", extra):
-        # every shape flag is explicit; the name only labels config.json (fixture_tiny is no --model-size choice)
-        args.model_size = init.config.name
+    _apply_model_config(args, init, extra)
     return args
 
 

@@ -48,7 +48,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from anyphone.data.shar import DataError
-from anyphone.fileio import DirLock, LockedError, atomic_write_bytes, atomic_write_text, is_disk_full
+from anyphone.fileio import DirLock, LockedError, atomic_write_bytes, is_disk_full
 from anyphone.training.dist import (
     DistInfo,
     agree_on_batches,
@@ -486,7 +486,7 @@ def _train(args: argparse.Namespace, task: Any, info: DistInfo, stop_signals: St
     from anyphone.data.module import PhoneDataModule, SamplerStateError
     from anyphone.optim import Eden, ScaledAdam
     from anyphone.text.tokenizer import IpaTokenizer
-    from anyphone.training import checkpoint as ckpt
+    from anyphone.weights import checkpoint as ckpt
 
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
@@ -641,15 +641,15 @@ def _train(args: argparse.Namespace, task: Any, info: DistInfo, stop_signals: St
 def _write_model_card(exp_dir: Path, model: nn.Module, task, tokenizer, num_params: int) -> None:
     """config.json and tokens.txt beside the checkpoints, so `anyphone recognize -m EXP_DIR` and
     `load_model(EXP_DIR)` rebuild the model without being told its size."""
-    import json
+    from anyphone.weights.expdir import CONFIG_FILE, write_config
 
     cfg = model.cfg.to_dict() if hasattr(model, "cfg") else {}
-    card = {"model": cfg, "family": task.name, "num_params": num_params}
     tokens = Path(str(getattr(tokenizer, "source", "") or ""))
     src = tokens if tokens.is_file() else Path("ipa_simplified") / "tokens.txt"
-    target = exp_dir / "config.json"
+    target = exp_dir / CONFIG_FILE
     try:  # atomic: a reader (or a killed run) never leaves a half-written file behind
-        atomic_write_text(target, json.dumps(card, indent=1, default=str))
+        write_config(exp_dir, model=cfg, family=task.name, num_params=num_params,
+                     tokens="tokens.txt" if src.is_file() else None)
         if src.is_file() and src.resolve() != (exp_dir / "tokens.txt").resolve():
             target = exp_dir / "tokens.txt"
             atomic_write_bytes(target, src.read_bytes())
@@ -683,7 +683,7 @@ def _find_resume_checkpoint(args, ckpt) -> Path | None:
 
 
 def _init_weights_from(model: nn.Module, path: Path) -> None:
-    from anyphone.inference.hub import load_state_dict
+    from anyphone.weights.safe_load import load_state_dict
 
     sd = load_state_dict(path)
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
@@ -728,7 +728,7 @@ def _gather_rank_states(train_dl, model: nn.Module) -> list[dict[str, float]] | 
 def _save_or_exit(args, path: Path, **kwargs: Any) -> None:
     """``save_checkpoint``, with a full disk turned into one line (SystemExit) that says what could not be
     written and which checkpoint is intact (the save is atomic, so nothing older was touched)."""
-    from anyphone.training import checkpoint as ckpt
+    from anyphone.weights import checkpoint as ckpt
 
     try:
         ckpt.save_checkpoint(path, **kwargs)

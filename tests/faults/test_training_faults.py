@@ -35,10 +35,10 @@ from torch import nn
 from training_fixtures import NO_AUG, SMALL_MODEL, write_tone_corpus
 from training_fixtures import REPO as ROOT
 
-from anyphone.training import checkpoint as ckpt
 from anyphone.training.loop import EXIT_CHECKPOINTED_ON_SIGNAL, train
 from anyphone.training.recipe import get_train_parser
 from anyphone.training.tasks import get_task
+from anyphone.weights import checkpoint as ckpt
 
 HOST = socket.gethostname()
 # a process that takes an exp dir's lock and waits (to be SIGKILLed, leaving the lock behind)
