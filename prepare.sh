@@ -13,6 +13,11 @@
 #        --user-recordings recordings.jsonl.gz --user-supervisions supervisions.jsonl.gz [--user-name mycorpus]
 #   3  IPAPack++ shards from the Hugging Face hub (optional; needs network)
 #        --ipapack-repo anyspeech/<repo-id> [--ipapack-patterns '*.jsonl.gz,*.tar']
+#   4  pseudo-labels for noisy-student training (optional): a CTC teacher decodes unlabelled Shar into Shar whose
+#      cuts carry its IPA, a confidence and its name (local/pseudo_label.py; filters: empty output, ZIPA's length
+#      rule, --pseudo-min-confidence; resumable); zipformer_crctc/noisy_student.sh runs the whole method
+#        --pseudo-teacher EXP_DIR|MODEL.pth|NAME [--pseudo-iter N --pseudo-avg K] --pseudo-input DIR
+#        [--pseudo-output data/shar/pseudo] [--pseudo-min-confidence 0.6] [--pseudo-nproc GPUS]
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -28,6 +33,13 @@ user_supervisions=""
 user_name=user
 ipapack_repo=""
 ipapack_patterns=""
+pseudo_teacher=""          # stage 4: exp dir, .pt/.pth or published model name
+pseudo_iter=0
+pseudo_avg=1
+pseudo_input=""            # unlabelled Shar (a folder or a remote source)
+pseudo_output=""           # default: $shar_dir/pseudo
+pseudo_min_confidence=0.0
+pseudo_nproc=1             # >1: torchrun, one process per GPU
 lang_dir=ipa_simplified
 shar_dir=data/shar
 python=${PYTHON:-python3}
@@ -68,6 +80,18 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
     $python local/download_ipapack.py --repo-id "$ipapack_repo" --out-dir download/ipapack "${extra[@]}"
   else
     log "Stage 3: skipped (no --ipapack-repo)"
+  fi
+fi
+if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+  if [ -n "$pseudo_teacher" ] && [ -n "$pseudo_input" ]; then
+    out=${pseudo_output:-$shar_dir/pseudo}
+    log "Stage 4: pseudo-labels of $pseudo_input by $pseudo_teacher -> $out"
+    launcher=("$python")
+    [ "$pseudo_nproc" -gt 1 ] && launcher=(torchrun --standalone --nproc-per-node "$pseudo_nproc")
+    "${launcher[@]}" local/pseudo_label.py --teacher "$pseudo_teacher" --iter "$pseudo_iter" --avg "$pseudo_avg" \
+      --input "$pseudo_input" --output "$out" --min-confidence "$pseudo_min_confidence"
+  else
+    log "Stage 4: skipped (no --pseudo-teacher and --pseudo-input)"
   fi
 fi
 log "Done."

@@ -94,7 +94,8 @@ def test_dev_batch_contents(shars, tok):
     assert sorted(seen) == sorted(a_ids)  # every dev cut exactly once
     b = batches[0]
     n = len(b["cut_ids"])
-    assert set(b) == {"features", "feature_lens", "token_ids", "texts", "cut_ids", "languages"}
+    assert set(b) == {"features", "feature_lens", "token_ids", "texts", "cut_ids", "languages",
+                      "label_kinds", "unsupervised", "pseudo"}
     assert b["features"].dtype == torch.float32 and b["feature_lens"].dtype == torch.int64
     assert b["features"].shape == (n, int(b["feature_lens"].max()), 80)
     assert b["languages"] == ["eng"] * n
@@ -140,7 +141,7 @@ def test_train_filters(tmp_path, tok):
                                "--max-duration", "100", "--drop-last", "false"))
     got = [cid for b in dm.train_dataloader(tok) for cid in b["cut_ids"]]
     assert got == ["ok"]
-    assert dm.train_filter.removed == {"duration": 1, "channels": 0, "too_many_tokens": 2}
+    assert dm.train_filter.removed == {"duration": 1, "channels": 0, "too_many_tokens": 2, "unlabelled": 0}
     # the transducer rate (factor 2) is stricter
     assert encoder_output_frames(num_frames(16000), 2) == 23
 

@@ -6,7 +6,19 @@ Batches are dicts (see the project brief):
   ``--fbank-on-device`` ``audio`` (N, S) float32 zero-padded and ``audio_lens`` (N,) int64
   (turn them into features with :class:`anyphone.data.fbank.FbankModule` on the device);
 * ``token_ids`` list[list[int]], ``texts`` list[str] (normalised IPA), ``cut_ids`` list[str],
-  ``languages`` list[str].
+  ``languages`` list[str];
+* ``label_kinds`` list[str] and the masks ``unsupervised`` / ``pseudo`` list[bool] (one per cut).
+
+Three kinds of cut (noisy-student training). ``cut.custom["label_kind"]`` is ``"labelled"``, ``"pseudo"``
+(a teacher's transcript, with ``custom["pseudo_confidence"]`` and ``custom["teacher"]``; written by
+``local/pseudo_label.py``) or ``"unlabelled"``; without the field a cut with a transcript is labelled and one
+without is unlabelled (``anyphone.data.shar.label_kind``). An unlabelled cut has no CTC target, ever: its
+``token_ids`` are empty only as a placeholder and ``unsupervised`` marks it, so the task gives it the
+consistency term alone (``--use-unsup-cr-ctc 1``). Without that flag (and for dev sets) unlabelled cuts are
+dropped by :class:`CutFilter` and counted (a warning at the 1st, 10th, 100th, ... one), never trained as a
+silence target. A cut whose audio the silence augmentation replaced by silence or noise is labelled, with the
+empty transcript that is then true. ``--train-shar DIR:WEIGHT`` (repeatable) mixes labelled, pseudo-labelled and
+unlabelled folders by weight.
 
 The sampler (lhotse ``DynamicBucketingSampler``) runs in the main process and its batches of
 cuts (with their FLAC bytes) go to the dataloader workers, which apply augmentation and compute
@@ -46,6 +58,7 @@ from torch.utils.data import DataLoader
 from anyphone.data.augment import NoiseAugment, SilenceAugment, SpecAugment, SpeedPerturb, VolumePerturb
 from anyphone.data.fbank import SAMPLE_RATE, compute_fbank, num_frames, pad_waves
 from anyphone.data.shar import (
+    label_kind,
     open_shar,
     open_train_shars,
     parse_named_dir,
@@ -120,7 +133,8 @@ def _normalize(text: str) -> str:
 class CutFilter:
     """Keeps cuts with ``min_duration <= duration <= max_duration``, a single channel, and enough
     encoder frames for CTC (``encoder_output_frames >= ctc_min_frames(tokens)``), evaluated at the
-    fastest speed-perturbation factor. Counts what it removes (in the process that iterates)."""
+    fastest speed-perturbation factor. Unlabelled cuts (``anyphone.data.shar.label_kind``) are kept only with
+    ``keep_unlabelled`` (they have no tokens to fit). Counts what it removes (in the process that iterates)."""
 
     def __init__(
         self,
@@ -131,17 +145,19 @@ class CutFilter:
         output_downsampling_factor: int = 1,
         max_speed: float = 1.0,
         remove_diacritics: bool = False,
+        keep_unlabelled: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.min_duration, self.max_duration = min_duration, max_duration
         self.factor = output_downsampling_factor
         self.max_speed = max_speed
         self.remove_diacritics = remove_diacritics
+        self.keep_unlabelled = keep_unlabelled
         self.reset()
 
     def reset(self) -> None:
-        """Zero the removal counts (``removed``: duration / channels / too_many_tokens)."""
-        self.removed = {"duration": 0, "channels": 0, "too_many_tokens": 0}
+        """Zero the removal counts (``removed``: duration / channels / too_many_tokens / unlabelled)."""
+        self.removed = {"duration": 0, "channels": 0, "too_many_tokens": 0, "unlabelled": 0}
 
     def __call__(self, cut: Any) -> bool:
         if not (self.min_duration <= cut.duration <= self.max_duration):
@@ -149,6 +165,15 @@ class CutFilter:
             return False
         if cut.num_channels is not None and cut.num_channels != 1:
             self.removed["channels"] += 1
+            return False
+        if label_kind(cut) == "unlabelled":
+            if self.keep_unlabelled:
+                return True
+            self.removed["unlabelled"] += 1
+            n = self.removed["unlabelled"]
+            if n == 10 ** (len(str(n)) - 1):  # the 1st, 10th, 100th, ...
+                log.warning(f"{n} unlabelled cut(s) dropped so far (the latest: {cut.id}); they have no "
+                            "transcript, so only the consistency term could use them: pass --use-unsup-cr-ctc 1")
             return False
         text = _cut_text(cut)
         if self.remove_diacritics:
@@ -242,12 +267,15 @@ class PhoneDataset(torch.utils.data.Dataset):
                 log.warning(f"cut {cut.id}: cannot load audio ({type(e).__name__}: {e}); dropped from batch")
         if not kept:
             raise RuntimeError(f"no cut of the batch could be loaded (first id {next(iter(cuts)).id})")
-        texts = [_cut_text(c) for c in kept]
+        kinds = [label_kind(c) for c in kept]
+        texts = [_cut_text(c) if k != "unlabelled" else "" for c, k in zip(kept, kinds)]
         if self.remove_diacritics:
             texts = [_normalize(t) for t in texts]
         if self.silence_augment is not None:
             waves, emptied = self.silence_augment(waves)
             texts = ["" if e else t for t, e in zip(texts, emptied)]
+            # silence or noise alone: its empty transcript is true whatever the cut was
+            kinds = ["labelled" if e else k for k, e in zip(kinds, emptied)]
         if self.noise_augment is not None:
             waves = self.noise_augment(waves)
         batch: dict[str, Any] = {}
@@ -263,6 +291,9 @@ class PhoneDataset(torch.utils.data.Dataset):
         batch["texts"] = texts
         batch["cut_ids"] = [c.id for c in kept]
         batch["languages"] = [_cut_language(c) for c in kept]
+        batch["label_kinds"] = kinds
+        batch["unsupervised"] = [k == "unlabelled" for k in kinds]
+        batch["pseudo"] = [k == "pseudo" for k in kinds]
         if position is not None:
             batch["position"] = position
         return batch
@@ -476,7 +507,8 @@ class PhoneDataModule:
 
         g = _Group()
         g.add_argument("--train-shar", action="append", default=[], metavar="DIR[:WEIGHT]",
-                       help="Training Shar directory with an optional sampling weight; repeatable.")
+                       help="Training Shar directory with an optional sampling weight; repeatable (labelled, "
+                       "pseudo-labelled and unlabelled folders mix by weight; see --use-unsup-cr-ctc).")
         g.add_argument("--trust-data-commands", type=str2bool, default=False,
                        help="Allow cuts whose audio is loaded by running a command (lhotse 'command' or "
                        "'pipe:' sources, .sph files decoded with sph2pipe). Off: such cuts are refused.")
@@ -635,6 +667,8 @@ class PhoneDataModule:
             output_downsampling_factor=self.output_downsampling_factor,
             max_speed=1.1 if a.speed_perturb else 1.0,
             remove_diacritics=a.remove_diacritics,
+            # only the CR-CTC task has --use-unsup-cr-ctc; every other task drops unlabelled cuts
+            keep_unlabelled=bool(self._arg("use_unsup_cr_ctc", False)),
         )
         return cuts.filter(self.train_filter), split
 

@@ -14,6 +14,13 @@ Data files never run commands: a cut whose audio lhotse would load by running on
 source, a ``pipe:`` URL, a ``.sph`` file decoded with sph2pipe) is refused unless the user says the
 data is trusted, and pickled arrays always are. While reading, a shard that cannot be read is
 named, skipped and counted (:class:`ShardGuard`).
+
+Label kinds (noisy-student training). ``cut.custom["label_kind"]`` says what the transcript is:
+``"labelled"`` (a human or G2P transcript), ``"pseudo"`` (a teacher's output; the cut also carries
+``custom["pseudo_confidence"]`` and ``custom["teacher"]``, see ``anyphone.training.pseudo_label``) or
+``"unlabelled"`` (no transcript: only the consistency term may train on it). A cut without the field is
+labelled when it has a transcript and unlabelled when it has none (:func:`label_kind`), so an unlabelled
+corpus is never taken for a corpus of silence.
 """
 
 from __future__ import annotations
@@ -370,6 +377,26 @@ def _cut_text(cut: Any) -> str:
     return "".join(s.text for s in cut.supervisions if s.text)
 
 
+LABEL_KINDS = ("labelled", "pseudo", "unlabelled")
+
+
+def _kind_from(custom: Any, text: str, where: str) -> str:
+    kind = custom.get("label_kind") if isinstance(custom, dict) else None
+    if kind is None:
+        return "labelled" if text else "unlabelled"
+    if kind not in LABEL_KINDS:
+        raise DataError(f"{where}: custom label_kind {kind!r}, expected one of {', '.join(LABEL_KINDS)}")
+    return str(kind)
+
+
+def label_kind(cut: Any) -> str:
+    """``"labelled"``, ``"pseudo"`` or ``"unlabelled"``: ``cut.custom["label_kind"]`` when set, else labelled
+    for a cut with a transcript and unlabelled for one without (see the module docstring). A value outside
+    :data:`LABEL_KINDS` raises :class:`DataError` naming the cut."""
+    where = f"{getattr(cut, 'shard_origin', None) or 'Shar data'}: cut {cut.id!r}"
+    return _kind_from(getattr(cut, "custom", None), _cut_text(cut), where)
+
+
 def _read_text(path: str) -> Iterator[str]:
     """Lines of a (gzipped) JSONL file."""
     opener = gzip.open if str(path).endswith(".gz") else open
@@ -395,6 +422,7 @@ class ShardScan:
     cuts: int = 0
     unk_cuts: int = 0
     unk_symbols: Counter = field(default_factory=Counter)
+    kinds: Counter = field(default_factory=Counter)  # label kind -> cuts (see label_kind)
 
 
 class ShardGuard:
@@ -513,7 +541,9 @@ class ShardGuard:
                                 "inventory, so none is left to train on (--keep-unk-cuts 1 keeps them)")
         unk = sum(s.unk_cuts for s in scans)
         if scans:
-            log.info(f"training data: {sum(s.cuts for s in scans)} cuts in {len(scans)} shard(s); {unk} with labels "
+            kinds: Counter = sum((s.kinds for s in scans), Counter())
+            log.info(f"training data: {sum(s.cuts for s in scans)} cuts in {len(scans)} shard(s) "
+                     f"({', '.join(f'{kinds[k]} {k}' for k in LABEL_KINDS)}); {unk} with labels "
                      f"outside the inventory in {sum(1 for s in scans if s.unk_cuts)} shard(s)"
                      + (", dropped" if unk and not self.keep_unk_cuts else ""))
         return scans
@@ -528,7 +558,11 @@ class ShardGuard:
             if why:
                 raise self._refuse(path, item.get("id") if isinstance(item, dict) else "?", why)
             scan.cuts += 1
-            unknown = self.unknown_labels(_dict_text(item))
+            text = _dict_text(item)
+            cut_id = item.get("id") if isinstance(item, dict) else "?"
+            scan.kinds[_kind_from(item.get("custom") if isinstance(item, dict) else None, text,
+                                  f"{path}: cut {cut_id!r}")] += 1
+            unknown = self.unknown_labels(text)
             if unknown:
                 scan.unk_cuts += 1
                 scan.unk_symbols.update(unknown)

@@ -49,8 +49,14 @@ class CrCtcTask:
         g.add_argument("--enable-model-spec-aug", type=str2bool, default=True,
                        help="SpecAugment inside the model (CR-CTC's two views, or one view for plain CTC).")
         g.add_argument("--use-unsup-cr-ctc", type=str2bool, default=False,
-                       help="Cuts marked unsupervised (unlabelled shards) get only the CR term, no CTC.")
-        g.add_argument("--unsup-cr-ctc-loss-scale", type=float, default=0.5)
+                       help="Train on unlabelled cuts (custom label_kind 'unlabelled', or no transcript) with the "
+                       "CR consistency term alone, never a CTC target (ZIPA's noisy-student models). Off: "
+                       "unlabelled cuts are dropped and counted.")
+        g.add_argument("--unsup-cr-ctc-loss-scale", type=float, default=0.5,
+                       help="Weight of the CR term of unlabelled cuts (labelled and pseudo-labelled ones get 1).")
+        g.add_argument("--pseudo-ctc-loss-scale", type=float, default=1.0,
+                       help="Weight of the CTC term of pseudo-labelled cuts (custom label_kind 'pseudo', written "
+                       "by local/pseudo_label.py); labelled cuts get 1.")
 
     @staticmethod
     def build_model(args: argparse.Namespace, tokenizer) -> nn.Module:
@@ -72,7 +78,7 @@ class CrCtcTask:
         return self._spec_aug
 
     def compute_loss(self, model, batch: dict, args, batch_idx_train: int, is_training: bool):
-        from anyphone.losses.crctc import cr_consistency_loss, cr_loss_scale_at, ctc_loss
+        from anyphone.losses.crctc import cr_consistency_loss, cr_loss_scale_at
 
         x, x_lens = batch["features"], batch["feature_lens"]
         targets: list[list[int]] = batch["token_ids"]
@@ -90,33 +96,58 @@ class CrCtcTask:
             x, x_lens = x.repeat(2, 1, 1), x_lens.repeat(2)
         log_probs, out_lens = _model_forward(model, x, x_lens)
         info: dict[str, float] = {}
-        # --use-unsup-cr-ctc: cuts marked unsupervised (unlabelled shards) get no CTC term, only consistency,
-        # weighted by --unsup-cr-ctc-loss-scale
-        unsup = list(batch.get("unsupervised", [False] * n)) if args.use_unsup_cr_ctc else [False] * n
+        # per-cut CTC weights: labelled 1, pseudo-labelled --pseudo-ctc-loss-scale, unlabelled 0 (never a target);
+        # per-cut CR weights: 1, 1, --unsup-cr-ctc-loss-scale
+        ctc_w, cr_w = self.cut_weights(batch, args, n)
+        views = 2 if use_cr else 1
+        ctc = self._weighted_ctc(log_probs, out_lens, targets * views, ctc_w * views) * (1.0 / views)
+        loss = args.ctc_loss_scale * ctc
+        info["ctc_loss"] = float(ctc.detach())
         if use_cr:
-            rows = [not u for u in unsup] * 2
-            if all(rows):  # no boolean indexing (a GPU sync) when every cut is labelled
-                ctc = ctc_loss(log_probs, out_lens, targets + targets) * 0.5
-            elif any(rows):
-                keep = torch.tensor(rows, device=log_probs.device)
-                kept_targets = [t for t, ok in zip(targets + targets, rows) if ok]
-                ctc = ctc_loss(log_probs[keep], out_lens[keep], kept_targets) * 0.5
-            else:
-                ctc = log_probs.sum() * 0
-            weights = torch.tensor([args.unsup_cr_ctc_loss_scale if u else 1.0 for u in unsup] * 2)
-            cr = cr_consistency_loss(log_probs, out_lens, weights) * 0.5
+            cr = cr_consistency_loss(log_probs, out_lens, torch.tensor(cr_w * 2)) * 0.5
             cr_scale = cr_loss_scale_at(batch_idx_train - cr_start, args.cr_loss_scale, args.cr_warmup_batches)
-            loss = args.ctc_loss_scale * ctc + cr_scale * cr
-            info["ctc_loss"] = float(ctc.detach())
+            loss = loss + cr_scale * cr
             info["cr_loss"] = float(cr.detach())
-            frames = float(out_lens[:n].sum())
-        else:
-            ctc = ctc_loss(log_probs, out_lens, targets)
-            loss = args.ctc_loss_scale * ctc
-            info["ctc_loss"] = float(ctc.detach())
-            frames = float(out_lens.sum())
+        frames = float(out_lens[:n].sum())
         info["frames"] = frames
         return loss, info
+
+    @staticmethod
+    def cut_weights(batch: dict, args, n: int) -> tuple[list[float], list[float]]:
+        """(CTC weight, CR weight) per cut from the batch's ``unsupervised`` and ``pseudo`` masks.
+
+        Unlabelled cuts get CTC weight 0 (their empty ``token_ids`` are a placeholder, never a silence target)
+        and CR weight ``--unsup-cr-ctc-loss-scale``; they are refused when ``--use-unsup-cr-ctc`` is off (the
+        data module drops them then, so a batch holding one was built elsewhere).
+        """
+        unsup = [bool(u) for u in batch.get("unsupervised", [False] * n)]
+        pseudo = [bool(p) for p in batch.get("pseudo", [False] * n)]
+        if len(unsup) != n or len(pseudo) != n:
+            raise ValueError(f"batch masks have {len(unsup)}/{len(pseudo)} entries for {n} cuts")
+        if any(unsup) and not getattr(args, "use_unsup_cr_ctc", False):
+            first = next(c for c, u in zip(batch.get("cut_ids", ["?"] * n), unsup) if u)
+            raise ValueError(f"the batch holds {sum(unsup)} unlabelled cut(s) (e.g. {first}) but --use-unsup-cr-ctc "
+                             "is off: they have no CTC target and must not train as silence")
+        pseudo_scale = float(getattr(args, "pseudo_ctc_loss_scale", 1.0))
+        unsup_scale = float(getattr(args, "unsup_cr_ctc_loss_scale", 0.5))
+        ctc_w = [0.0 if u else (pseudo_scale if p else 1.0) for u, p in zip(unsup, pseudo)]
+        cr_w = [unsup_scale if u else 1.0 for u in unsup]
+        return ctc_w, cr_w
+
+    @staticmethod
+    def _weighted_ctc(log_probs: torch.Tensor, out_lens: torch.Tensor, targets: list[list[int]],
+                      weights: list[float]) -> torch.Tensor:
+        """Sum over rows of weight * CTC loss; rows of weight 0 are left out of the loss entirely."""
+        from anyphone.losses.crctc import ctc_loss
+
+        if all(w == 1.0 for w in weights):  # no boolean indexing (a GPU sync) in the plain case
+            return ctc_loss(log_probs, out_lens, targets)
+        rows = [i for i, w in enumerate(weights) if w != 0.0]
+        if not rows:
+            return log_probs.sum() * 0.0  # keeps the graph (DDP) with an exact zero
+        keep = torch.tensor(rows, device=log_probs.device)
+        per_row = ctc_loss(log_probs[keep], out_lens[keep], [targets[i] for i in rows], reduction="none")
+        return (per_row * torch.tensor([weights[i] for i in rows], device=per_row.device)).sum()
 
     @staticmethod
     @torch.no_grad()
