@@ -21,7 +21,11 @@ log-posteriors.
 Usage::
 
     .venv/bin/python local/align_eval.py build --test-shar data/shar/embedded/test --out data/align_test
-    .venv/bin/python local/align_eval.py score --set data/align_test -m zipformer_crctc/exp-demo --max-utts 200
+    .venv/bin/python local/align_eval.py build --shar data/shar/embedded/dev --out data/align_dev --max-utts 139
+    .venv/bin/python local/align_eval.py score --set data/align_dev -m zipformer_crctc/exp-demo --iter 1600 --avg 1 \
+        --max-utts 139 --sweep                # choose the blank-sharing rule here, on dev
+    .venv/bin/python local/align_eval.py score --set data/align_test -m zipformer_crctc/exp-demo --iter 1600 --avg 1 \
+        --max-utts 200                        # report on test with the chosen (default) rule
 """
 
 from __future__ import annotations
@@ -213,7 +217,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     rows = [json.loads(x) for x in (root / "alignments.jsonl").read_text(encoding="utf-8").splitlines() if x]
     rows = rows[: args.max_utts]
     rec = load_model(args.model, iter=args.iter, avg=args.avg, batch_size=4)
-    grid = [(s, m) for s in (0.3, 0.5, 0.7) for m in (0.04, 0.1, 0.2, 1.0)] if args.sweep else []
+    grid = [(s, m) for s in (0.3, 0.5, 0.7, 0.85, 1.0) for m in (0.04, 0.1, 0.2, 1.0)] if args.sweep else []
     per_lang: dict[str, list[float]] = {}
     sweep: dict[tuple[float, float], list[float]] = {g: [] for g in grid}
     t0 = time.time()
@@ -259,8 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--iter", type=int, default=None)
     s.add_argument("--avg", type=int, default=None)
     s.add_argument("--max-utts", type=int, default=300)
-    s.add_argument("--split", type=float, default=0.5)
-    s.add_argument("--max-share", type=float, default=0.1)
+    from anyphone.alignment.ctc import DEFAULT_MAX_SHARE, DEFAULT_SPLIT
+
+    s.add_argument("--split", type=float, default=DEFAULT_SPLIT)
+    s.add_argument("--max-share", type=float, default=DEFAULT_MAX_SHARE)
     s.add_argument("--sweep", action="store_true", help="also score a grid of split/max_share values")
     s.set_defaults(func=cmd_score)
     args = ap.parse_args(argv)

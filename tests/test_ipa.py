@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import subprocess
 import sys
 import unicodedata
@@ -221,7 +222,17 @@ def _espeak():
     loader = pytest.importorskip("espeakng_loader")
     import ctypes
 
-    lib = ctypes.cdll.LoadLibrary(loader.get_library_path())
+    import shutil
+
+    from anyphone.data.espeak import _private_library_copy
+
+    # A private copy: initialising the shared instance would reset the IPA trace mode of anyphone's synthesizer
+    # for the rest of this process (test_synthesis then got eSpeak's ASCII phonemes)
+    copy = _private_library_copy(loader.get_library_path())
+    try:
+        lib = ctypes.cdll.LoadLibrary(copy)
+    finally:
+        shutil.rmtree(os.path.dirname(copy), ignore_errors=True)
     lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
     lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
     lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
