@@ -264,3 +264,19 @@ def test_noise_bank_from_shar_dir(shars):
     assert x.shape == (40000,) and abs(np.sqrt(np.mean(x**2)) - 1) < 1e-3
     with pytest.raises(FileNotFoundError, match="does not exist"):
         NoiseAugment(noise_dir=root / "nope")
+
+
+def test_a_namespace_without_the_flags_gets_the_flags_defaults():
+    """API callers that build PhoneDataModule from a bare Namespace get the same augmentation as the command line:
+    the fallbacks are the parser's defaults, not a second set of numbers (they used to be 0.0 for all four)."""
+    import argparse
+
+    from anyphone.data.module import PhoneDataModule
+
+    parser = argparse.ArgumentParser()
+    PhoneDataModule.add_arguments(parser)
+    cli = parser.parse_args([])
+    bare = PhoneDataModule(argparse.Namespace())
+    for name in ("volume_perturb_prob", "silence_pad_prob", "empty_prob", "noise_prob", "seed"):
+        assert bare._arg(name) == getattr(cli, name), name
+    assert bare._arg("noise_prob") == 0.3 and bare._arg("not_a_flag", 7) == 7

@@ -221,7 +221,6 @@ def test_text_modules_do_not_import_torch() -> None:
 def _espeak():
     loader = pytest.importorskip("espeakng_loader")
     import ctypes
-
     import shutil
 
     from anyphone.data.espeak import _private_library_copy

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import itertools
 import logging
 import zlib
@@ -565,8 +566,12 @@ class PhoneDataModule:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _arg(self, name: str, default: Any) -> Any:
-        return getattr(self.args, name, default)
+    def _arg(self, name: str, default: Any = None) -> Any:
+        """The flag's value; a Namespace without it (an API caller) gets the flag's own default, so the
+        defaults live in one place (add_arguments), and ``default`` only for names that are not flags."""
+        if hasattr(self.args, name):
+            return getattr(self.args, name)
+        return _flag_defaults().get(name, default)
 
     def _dataset(self, tokenizer: Any, train: bool) -> PhoneDataset:
         a = self.args
@@ -577,14 +582,14 @@ class PhoneDataModule:
         cut_transforms: list[Any] = []
         if a.speed_perturb:
             cut_transforms.append(SpeedPerturb((0.9, 1.0, 1.1), seed=seed))
-        if self._arg("volume_perturb_prob", 0.0) > 0:
+        if self._arg("volume_perturb_prob") > 0:
             cut_transforms.append(VolumePerturb(p=a.volume_perturb_prob, seed=seed + 1))
         silence = None
-        if self._arg("silence_pad_prob", 0.0) > 0 or self._arg("empty_prob", 0.0) > 0:
-            silence = SilenceAugment(pad_prob=self._arg("silence_pad_prob", 0.0),
-                                     empty_prob=self._arg("empty_prob", 0.0), seed=seed + 2)
+        if self._arg("silence_pad_prob") > 0 or self._arg("empty_prob") > 0:
+            silence = SilenceAugment(pad_prob=self._arg("silence_pad_prob"),
+                                     empty_prob=self._arg("empty_prob"), seed=seed + 2)
         noise = None
-        if self._arg("noise_prob", 0.0) > 0:
+        if self._arg("noise_prob") > 0:
             noise = NoiseAugment(p=a.noise_prob, snr_range=tuple(a.snr_range),
                                  noise_dir=self._arg("noise_dir", None), seed=seed + 3)
         spec = None
@@ -723,3 +728,11 @@ class PhoneDataModule:
                                      self._eval_sampler(open_shar(d, **shar_read_options(self.args))),
                                      self.args.num_workers)
         return out
+
+
+@functools.lru_cache(maxsize=1)
+def _flag_defaults() -> dict[str, Any]:
+    """Defaults of PhoneDataModule's flags, read from its parser (the one place they are defined)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    PhoneDataModule.add_arguments(parser)
+    return {a.dest: a.default for a in parser._actions if a.dest != argparse.SUPPRESS}
