@@ -69,15 +69,20 @@ class LazyKernels:
             return False, None
 
 
-def resolve_device(device: Any) -> Any:
+def resolve_device(device: Any, local_rank: int | None = None) -> Any:
     """A ``torch.device`` from ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda[:N]"`` or a device.
+    With ``local_rank`` (one process per GPU under torchrun), ``"auto"`` picks that rank's GPU.
 
     Raises ValueError for CUDA on a machine without it (one line, saying what to use instead).
     """
     import torch
 
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        if local_rank is None:
+            return torch.device("cuda")
+        return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r}: CUDA is not available on this machine; use 'cpu' or 'auto'")

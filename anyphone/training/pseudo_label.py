@@ -61,6 +61,8 @@ from anyphone.data.fbank import SAMPLE_RATE, FbankModule, pad_waves
 from anyphone.data.module import ctc_min_frames
 from anyphone.data.shar import DataError, _count_cuts, _is_remote, cut_refusal, shar_fields
 from anyphone.fileio import TMP_PREFIX, atomic_write_text
+from anyphone.utils import resolve_device
+from anyphone.weights.expdir import select_state_dict
 
 log = logging.getLogger("anyphone.pseudo_label")
 
@@ -285,15 +287,6 @@ class Teacher:
         return lp.float().cpu(), out_lens.cpu()
 
 
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """"auto" -> this rank's GPU when there is one, else CPU."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
 def load_teacher(cfg: PseudoLabelConfig, local_rank: int = 0) -> Teacher:
     """The teacher ``cfg`` names (ValueError / FileNotFoundError with one line when it cannot be used)."""
     from anyphone.inference import load_model
@@ -307,10 +300,10 @@ def load_teacher(cfg: PseudoLabelConfig, local_rank: int = 0) -> Teacher:
     name = rec.name
     if cfg.iter and cfg.avg == 1 and cfg.use_averaged_model and Path(cfg.teacher).is_dir():
         # decode.py's rule for --avg 1 --use-averaged-model 1 (the running average over the last checkpoint
-        # interval), which load_model applies only from avg 2 on: the teacher is then the model stage 2 decoded
-        from anyphone.weights.checkpoint import average_checkpoints_with_averaged_model
-
-        rec.model.load_state_dict(average_checkpoints_with_averaged_model(cfg.teacher, cfg.iter, 1), strict=True)
+        # interval), which load_model applies only from avg 2 on: the teacher is then the model stage 2 decoded.
+        # The same selection decode.py makes, not a second one.
+        sd, _ = select_state_dict(cfg.teacher, iter=cfg.iter, avg=1, use_averaged_model=True)
+        rec.model.load_state_dict(sd, strict=True)
         name += "-use-averaged-model"
     return Teacher(rec.model, rec.tokenizer, name, device)
 
