@@ -735,4 +735,4 @@ def _flag_defaults() -> dict[str, Any]:
     """Defaults of PhoneDataModule's flags, read from its parser (the one place they are defined)."""
     parser = argparse.ArgumentParser(add_help=False)
     PhoneDataModule.add_arguments(parser)
-    return {a.dest: a.default for a in parser._actions if a.dest != argparse.SUPPRESS}
+    return vars(parser.parse_args([]))  # as the command line gives them (string defaults through their type)
