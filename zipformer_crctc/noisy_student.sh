@@ -179,8 +179,15 @@ fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   log "Stage 5: the student without the unsupervised consistency term (rejected cuts dropped)"
-  train student-no-unsup "$student_batches" "${init_flags[@]}" --train-shar "$ns_dir/labelled:$w_lab" \
-    --train-shar "$ns_dir/pseudo:$w_pseudo" --use-unsup-cr-ctc 0 --pseudo-ctc-loss-scale "$pseudo_scale"
+  # without the consistency term only the kept pseudo-labels are trained on: mix the two sources by the
+  # seconds each really gives, or the few kept cuts would fill two thirds of every batch
+  kept=$($python -c 'import json, sys; print(json.load(open(sys.argv[1]))["kept_seconds"])' \
+    "$ns_dir/pseudo/pseudo_label_report.json")
+  lab=$(python_seconds "$ns_dir/labelled")
+  w_kept=$(awk -v k="$kept" -v l="$lab" 'BEGIN { printf "%.4f", k / (k + l) }')
+  w_lab_kept=$(awk -v k="$kept" -v l="$lab" 'BEGIN { printf "%.4f", l / (k + l) }')
+  train student-no-unsup "$student_batches" "${init_flags[@]}" --train-shar "$ns_dir/labelled:$w_lab_kept" \
+    --train-shar "$ns_dir/pseudo:$w_kept" --use-unsup-cr-ctc 0 --pseudo-ctc-loss-scale "$pseudo_scale"
   decode student-no-unsup
 fi
 
