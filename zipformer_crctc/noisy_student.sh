@@ -45,6 +45,9 @@ use_bf16=0
 teacher_batches=800
 student_batches=400
 student_init=teacher          # teacher: students (and ceiling, control) start from its weights; scratch: random
+student_lr=""                 # the students' --base-lr; default 0.02 from the teacher (a learning rate below where
+                              # its own schedule was before the cool-down: restarting at 0.045 undid the teacher's
+                              # last gains, dev PER 42% -> 64%), --base-lr from scratch
 base_lr=0.045
 min_confidence=0.5            # not tuned here; stage 3 prints the PER of the kept and the rejected labels. (80 cuts
                               # labelled at 34.9% PER by the demo's checkpoint-450: 0.5 kept 32, at 23.5% PER;
@@ -72,13 +75,14 @@ record() {  # name batches audio_seconds wall_seconds (the latest line per name 
   log "compute of $1: $2 batches, $3 s of audio, $4 s wall"
 }
 
-train() {  # name batches --train-shar ... [more flags]
-  local name=$1 batches=$2; shift 2
+train() {  # name batches [--base-lr LR] --train-shar ... [more flags]
+  local name=$1 batches=$2 lr=$base_lr; shift 2
+  if [ "${1:-}" = --base-lr ]; then lr=$2; shift 2; fi
   local exp="$exp_root/$name" t0; t0=$(date +%s)
   log "Training $name ($model_size) for $batches batches -> $exp"
   $python zipformer_crctc/train.py --model-size "$model_size" --exp-dir "$exp" --world-size "$world_size" \
     --dev-shar "$corpus/dev" --max-duration "$max_duration" --num-workers 1 --num-threads "$nj" \
-    --use-bf16 "$use_bf16" --num-epochs 1000 --max-batches "$batches" --base-lr "$base_lr" \
+    --use-bf16 "$use_bf16" --num-epochs 1000 --max-batches "$batches" --base-lr "$lr" \
     --lr-batches $((batches * 5 / 8)) --lr-epochs 4 --warmup-batches $((batches / 16)) --ref-duration 1 \
     --cooldown-fraction 0.2 --speed-perturb 0 --time-mask-ratio 1.0 --cr-start-batch $((batches * 9 / 16)) \
     --save-every-n $((batches / 8)) --keep-last-k 3 --average-period 10 --valid-interval 100000 \
@@ -160,8 +164,12 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 4 ]; then
   case "$student_init" in
     teacher)
       t_last=$(ls "$exp_root"/teacher/checkpoint-*.pt | sed 's/.*checkpoint-\([0-9]*\)\.pt/\1/' | sort -n | tail -1)
-      init_flags=(--init-from "$exp_root/teacher/checkpoint-$t_last.pt") ;;
-    scratch) init_flags=() ;;
+      # a new run counts the Zipformer's own schedules (layer and bypass skipping, dropout) from 0 again, as if
+      # the weights were random; --ref-duration 0.1 runs that clock 10x faster, past the warm-up values within
+      # about 50 batches, back where the teacher left them (it ended at 24,000)
+      init_flags=(--base-lr "${student_lr:-0.02}" --ref-duration 0.1
+                  --init-from "$exp_root/teacher/checkpoint-$t_last.pt") ;;
+    scratch) init_flags=(--base-lr "${student_lr:-$base_lr}") ;;
     *) echo "$0: --student-init must be teacher or scratch, got $student_init" >&2; exit 1 ;;
   esac
 fi
