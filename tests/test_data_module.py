@@ -1,6 +1,7 @@
 """PhoneDataModule: batches, filters, weighted Shar mixing, DDP split, sampler resume, augmentation."""
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from anyphone.data.augment import (
     coloured_noise,
     mix_at_snr,
 )
+from anyphone.data.config import DataConfig
 from anyphone.data.fbank import compute_fbank, num_frames
 from anyphone.data.module import (
     PhoneDataModule,
@@ -268,15 +270,57 @@ def test_noise_bank_from_shar_dir(shars):
 
 def test_a_namespace_without_the_flags_gets_the_flags_defaults():
     """API callers that build PhoneDataModule from a bare Namespace get the same augmentation as the command line:
-    the fallbacks are the parser's defaults, not a second set of numbers (they used to be 0.0 for all four)."""
-    import argparse
-
-    from anyphone.data.module import PhoneDataModule
-
+    the fallbacks are DataConfig's defaults, which are the parser's (they used to be 0.0 for all four)."""
     parser = argparse.ArgumentParser()
     PhoneDataModule.add_arguments(parser)
     cli = parser.parse_args([])
     bare = PhoneDataModule(argparse.Namespace())
     for name in ("volume_perturb_prob", "silence_pad_prob", "empty_prob", "noise_prob", "seed"):
-        assert bare._arg(name) == getattr(cli, name), name
-    assert bare._arg("noise_prob") == 0.3 and bare._arg("not_a_flag", 7) == 7
+        assert getattr(bare.config, name) == getattr(cli, name), name
+    assert bare.config.noise_prob == 0.3 and bare.config == DataConfig()
+
+
+def test_data_config_defaults_are_the_flags_defaults():
+    parser = argparse.ArgumentParser()
+    PhoneDataModule.add_arguments(parser)
+    cli = parser.parse_args([])
+    from_cli, plain = DataConfig.from_args(cli), DataConfig()
+    for f in fields(DataConfig):
+        assert getattr(from_cli, f.name) == getattr(plain, f.name), f.name
+        if f.name != "use_unsup_cr_ctc":  # the CR-CTC task's flag, not the data module's
+            given = getattr(cli, f.name)  # the repeatable flags give lists, the config keeps tuples
+            assert (tuple(given) if isinstance(given, list) else given) == getattr(plain, f.name), f.name
+    # every flag of the data module is a field (and nothing else is read from the Namespace)
+    assert set(vars(cli)) == {f.name for f in fields(DataConfig)} - {"use_unsup_cr_ctc"}
+    # given flags arrive typed; attributes the config does not declare are not read
+    ns = parser.parse_args(["--train-shar", "/x/a", "--train-shar", "/x/b:0.5", "--snr-range", "20,5",
+                            "--max-bad-shards", "3", "--keep-unk-cuts", "1"])
+    ns.use_unsup_cr_ctc, ns.not_a_data_flag = True, "ignored"
+    cfg = DataConfig.from_args(ns)
+    assert cfg.train_shar == ("/x/a", "/x/b:0.5") and cfg.snr_range == (5.0, 20.0)
+    assert cfg.max_bad_shards == 3 and cfg.keep_unk_cuts is True and cfg.use_unsup_cr_ctc is True
+    # the module takes the config itself, or converts a Namespace once at the door
+    assert PhoneDataModule(cfg).config is cfg and PhoneDataModule(ns).config == cfg
+
+
+def test_data_config_round_trips_through_json_and_refuses_bad_keys():
+    import json
+
+    cfg = DataConfig(train_shar=("/a:2", "/b"), dev_shar=("/d",), noise_dir="/n", snr_range=(30, 0),
+                     max_duration=120, num_workers=0, use_unsup_cr_ctc=True)
+    assert cfg.snr_range == (0.0, 30.0)
+    again = DataConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and isinstance(again.train_shar, tuple) and isinstance(again.snr_range, tuple)
+    assert cfg.to_dict()["train_shar"] == ["/a:2", "/b"]
+    with pytest.raises(ValueError) as e:
+        DataConfig.from_dict({"max_duration": 60, "max_durration": 30}, where="run.json")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("run.json: data config: unknown key(s) ['max_durration']")
+    with pytest.raises(ValueError, match=r"^run\.json: data config: num_workers='2', expected an integer$"):
+        DataConfig.from_dict({"num_workers": "2"}, where="run.json")
+    with pytest.raises(ValueError, match=r"^data config: shuffle='yes', expected true or false$"):
+        DataConfig.from_dict({"shuffle": "yes"})
+    with pytest.raises(ValueError, match="max_bad_shards=-1"):
+        DataConfig(max_bad_shards=-1)
+    with pytest.raises(ValueError, match="expected an object"):
+        DataConfig.from_dict(["max_duration", 60])

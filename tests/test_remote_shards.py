@@ -25,7 +25,7 @@ from lhotse import CutSet
 
 from anyphone.data import remote
 from anyphone.data.module import PhoneDataModule
-from anyphone.data.shar import make_cut, open_shar, write_shar
+from anyphone.data.shar import TooManyBadShardsError, make_cut, open_shar, write_shar
 from anyphone.text.tokenizer import IpaTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,40 +227,85 @@ def test_429_500_and_dropped_connections_are_survived(shar, server):
     assert url not in remote.shard_failures()
 
 
+def _bad_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("bad shard, skipped: ")]
+
+
 def test_shard_that_keeps_failing_is_skipped_and_counted(shar, server, monkeypatch, caplog):
     monkeypatch.setenv("ANYPHONE_REMOTE_RETRIES", "2")
     url = server.serve_folder("bad1", shar)
     server.add_fault("/files/bad1/recording.000001.tar", "always500")
-    with caplog.at_level(logging.WARNING, logger="anyphone.data.remote"):
+    with caplog.at_level(logging.WARNING):
         got = [c.id for c in open_shar(url)]
     want = [i for k in (0, 2, 3) for i in _shard_ids(shar, k)]
     assert got == want
     assert server.hits["/files/bad1/recording.000001.tar"] == 3  # first try + 2 retries
     failures = remote.shard_failures()[url]
     assert list(failures) == [f"{url}/cuts.000001.jsonl.gz"] and "HTTP 500" in failures[f"{url}/cuts.000001.jsonl.gz"]
-    lines = [r.getMessage() for r in caplog.records if "skipping shard" in r.getMessage()]
-    assert len(lines) == 1 and "\n" not in lines[0] and "recording.000001.tar" in lines[0]
-    assert "gave up after 2 retries" in lines[0] and "1 shard(s) of this source failed" in lines[0]
+    # the same line as a damaged local shard: source, the file that failed, why, and the one count
+    lines = _bad_lines(caplog)
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert lines[0].startswith(f"bad shard, skipped: {url}: recording.000001.tar: HTTP 500")
+    assert "(gave up after 2 retries" in lines[0] and lines[0].endswith(" (1 bad shard(s) so far, --max-bad-shards 10)")
 
 
-def test_too_many_failures_stop_the_run(shar, server, monkeypatch):
+def test_too_many_failures_stop_the_run(shar, server, monkeypatch, caplog):
     monkeypatch.setenv("ANYPHONE_REMOTE_RETRIES", "0")
-    monkeypatch.setenv("ANYPHONE_REMOTE_MAX_FAILED_SHARDS", "1")
     url = server.serve_folder("bad2", shar)
     for k in (1, 2, 3):
         server.add_fault(f"/files/bad2/recording.{k:06d}.tar", "always500")
-    with pytest.raises(remote.TooManyShardFailures) as ei:
-        list(open_shar(url))
+    with pytest.raises(TooManyBadShardsError) as ei:
+        list(open_shar(url, max_bad_shards=1))
     msg = str(ei.value)
-    assert "\n" not in msg and url in msg and "2 of 4 shards failed" in msg
-    assert "ANYPHONE_REMOTE_MAX_FAILED_SHARDS" in msg and "HTTP 500" in msg
+    assert "\n" not in msg
+    assert msg.startswith(f"2 shards cannot be read, more than --max-bad-shards 1: {url}: cuts.000001.jsonl.gz, "
+                          f"cuts.000002.jsonl.gz (the last: {url}: recording.000002.tar: HTTP 500")
+    # the old per-source environment limit is not read any more (a warning says so): the default 10 holds
+    monkeypatch.setenv("ANYPHONE_REMOTE_MAX_FAILED_SHARDS", "0")
+    monkeypatch.setattr(remote, "_RETIRED_WARNED", [])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        got = [c.id for c in open_shar(url)]
+    assert got == _shard_ids(shar, 0) and len(_bad_lines(caplog)) == 3
+    assert any("ANYPHONE_REMOTE_MAX_FAILED_SHARDS is no longer read" in r.getMessage() for r in caplog.records)
     # a repeated source whose every shard fails stops instead of looping forever
-    monkeypatch.setenv("ANYPHONE_REMOTE_MAX_FAILED_SHARDS", "100")
     url3 = server.serve_folder("bad3", shar)
     for k in range(4):
         server.add_fault(f"/files/bad3/cuts.{k:06d}.jsonl.gz", 404)
-    with pytest.raises(remote.TooManyShardFailures, match="every shard failed in a pass"):
-        next(iter(open_shar(url3, repeat=True)))
+    with pytest.raises(TooManyBadShardsError, match=rf"^{url3}: no cut could be read from its 4 shard\(s\) \(4 bad\)"):
+        next(iter(open_shar(url3, repeat=True, max_bad_shards=100)))
+
+
+def test_local_and_remote_bad_shards_share_one_limit(shar, server, tmp_path, monkeypatch):
+    """One corrupt local shard and one remote shard that keeps failing add up against --max-bad-shards: with 1
+    the run stops (one line naming both sources and their shards), with 2 it reads every other shard."""
+    monkeypatch.setenv("ANYPHONE_REMOTE_RETRIES", "0")
+    local = tmp_path / "local"
+    shutil.copytree(shar, local)
+    tar = local / "recording.000002.tar"
+    tar.write_bytes(b"\x00not a tar header" * 64)
+    url = server.serve_folder("one-bad", shar)
+    server.add_fault("/files/one-bad/recording.000001.tar", "always500")
+    tok = IpaTokenizer.default()
+
+    def read(limit: int) -> list[str]:
+        p = argparse.ArgumentParser()
+        PhoneDataModule.add_arguments(p)
+        args = p.parse_args(["--train-shar", str(local), "--train-shar", url, "--max-bad-shards", str(limit),
+                             "--min-duration", "0"])
+        cuts, _ = PhoneDataModule(args).train_cuts(tok)  # the training stream, before batching and features
+        return [c.id for c in cuts]
+
+    with pytest.raises(TooManyBadShardsError) as ei:
+        read(1)
+    msg = str(ei.value)
+    assert "\n" not in msg and msg.startswith("2 shards cannot be read, more than --max-bad-shards 1: ")
+    assert f"{local}: cuts.000002.jsonl.gz" in msg and f"{url}: cuts.000001.jsonl.gz" in msg
+    got = read(2)
+    good_local = [i for k in (0, 1, 3) for i in _shard_ids(shar, k)]
+    good_remote = [i for k in (0, 2, 3) for i in _shard_ids(shar, k)]
+    # both sources hold the same cut ids: every good shard's cuts arrive, from the one source or the other
+    assert sorted(got) == sorted(good_local + good_remote)
 
 
 def test_corrupt_remote_shards_are_reported_and_skipped(shar, server, tmp_path, caplog):
@@ -273,12 +318,14 @@ def test_corrupt_remote_shards_are_reported_and_skipped(shar, server, tmp_path, 
     (bad / "cuts.000003.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00garbage that is not deflate")
     remote.write_index(bad, count_cuts=False)
     url = server.serve_folder("corrupt", bad)
-    with caplog.at_level(logging.WARNING, logger="anyphone.data.remote"):
+    with caplog.at_level(logging.WARNING):
         got = [c.id for c in open_shar(url)]
     assert got == _shard_ids(shar, 0) + _shard_ids(shar, 1)
-    lines = [r.getMessage() for r in caplog.records if "skipping shard" in r.getMessage()]
+    lines = _bad_lines(caplog)
     assert len(lines) == 2 and all("\n" not in ln for ln in lines)
-    assert "cuts.000002.jsonl.gz" in lines[0] and "cuts.000003.jsonl.gz" in lines[1]
+    assert lines[0].startswith(f"bad shard, skipped: {url}: recording.000002.tar: ")
+    assert lines[1].startswith(f"bad shard, skipped: {url}: cuts.000003.jsonl.gz: ")
+    assert "(2 bad shard(s) so far, --max-bad-shards 10)" in lines[1]
     assert len(remote.shard_failures()[url]) == 2
     with pytest.raises(tarfile.ReadError):  # it really is corrupt
         list(CutSet.from_shar(fields={"cuts": [str(bad / "cuts.000002.jsonl.gz")], "recording": [str(tar)]}))

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import itertools
 import logging
 import zlib
@@ -57,6 +56,7 @@ from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 from torch.utils.data import DataLoader
 
 from anyphone.data.augment import NoiseAugment, SilenceAugment, SpecAugment, SpeedPerturb, VolumePerturb
+from anyphone.data.config import DataConfig
 from anyphone.data.fbank import SAMPLE_RATE, compute_fbank, num_frames, pad_waves
 from anyphone.data.shar import (
     label_kind,
@@ -462,26 +462,27 @@ class PhoneDataModule:
     """Train/dev/test dataloaders over Shar directories.
 
     Args:
-      args: parsed arguments from :meth:`add_arguments`.
+      config: the data knobs (:class:`anyphone.data.config.DataConfig`); a Namespace parsed with
+        :meth:`add_arguments` is turned into one here, once (flags it lacks take the DataConfig defaults).
       world_size, rank: DDP layout (default: from torch.distributed when initialised, else 1/0).
         Train shards are split across ranks (each epoch's shuffled shard list, positions
         ``rank::world_size``) when every train directory has at least ``world_size`` shards, so each
         shard is read once per epoch by the whole job; otherwise every rank reads every shard, the
         sampler splits batches across ranks, and a warning points to ``local/reshard.py``.
       output_downsampling_factor: encoder frame-rate divisor after the 50 Hz subsampling (1 for
-        CR-CTC, 2 for the transducer) used by the token-count filter; defaults to
-        ``args.output_downsampling_factor`` when present, else 1.
+        CR-CTC, 2 for the transducer) used by the token-count filter (the task's
+        ``output_downsampling_factor``).
     """
 
     def __init__(
         self,
-        args: argparse.Namespace,
+        config: DataConfig | argparse.Namespace,
         *,
         world_size: int | None = None,
         rank: int | None = None,
-        output_downsampling_factor: int | None = None,
+        output_downsampling_factor: int = 1,
     ) -> None:
-        self.args = args
+        self.config = config if isinstance(config, DataConfig) else DataConfig.from_args(config)
         if world_size is None or rank is None:
             dist_on = torch.distributed.is_available() and torch.distributed.is_initialized()
             world_size = torch.distributed.get_world_size() if dist_on else 1
@@ -489,9 +490,7 @@ class PhoneDataModule:
         if not 0 <= rank < world_size:
             raise ValueError(f"PhoneDataModule: rank={rank} must be in [0, world_size={world_size})")
         self.world_size, self.rank = world_size, rank
-        if output_downsampling_factor is None:
-            output_downsampling_factor = int(getattr(args, "output_downsampling_factor", 1) or 1)
-        self.output_downsampling_factor = output_downsampling_factor
+        self.output_downsampling_factor = int(output_downsampling_factor)
         self.train_filter: CutFilter | None = None
 
     @classmethod
@@ -507,101 +506,97 @@ class PhoneDataModule:
                     group.add_argument(flag, **kwargs)
 
         g = _Group()
-        g.add_argument("--train-shar", action="append", default=[], metavar="DIR[:WEIGHT]",
+        D = DataConfig()  # the defaults live there
+        g.add_argument("--train-shar", action="append", default=list(D.train_shar), metavar="DIR[:WEIGHT]",
                        help="Training Shar directory with an optional sampling weight; repeatable (labelled, "
                        "pseudo-labelled and unlabelled folders mix by weight; see --use-unsup-cr-ctc).")
-        g.add_argument("--trust-data-commands", type=str2bool, default=False,
+        g.add_argument("--trust-data-commands", type=str2bool, default=D.trust_data_commands,
                        help="Allow cuts whose audio is loaded by running a command (lhotse 'command' or "
                        "'pipe:' sources, .sph files decoded with sph2pipe). Off: such cuts are refused.")
-        g.add_argument("--max-bad-shards", type=int, default=10,
-                       help="Shards that cannot be read (corrupt or truncated) are named, skipped and "
-                       "counted; more than this many stop the run.")
-        g.add_argument("--keep-unk-cuts", type=str2bool, default=False,
+        g.add_argument("--max-bad-shards", type=int, default=D.max_bad_shards,
+                       help="Shards that cannot be read (corrupt or truncated, or remote ones that still fail "
+                       "after their retries) are named, skipped and counted, local and remote together; more "
+                       "than this many stop the run.")
+        g.add_argument("--keep-unk-cuts", type=str2bool, default=D.keep_unk_cuts,
                        help="Keep training cuts whose transcript has labels outside the inventory (they "
                        "train as <unk>). Off: they are counted per shard at start-up and dropped.")
-        g.add_argument("--dev-shar", action="append", default=[], metavar="DIR",
+        g.add_argument("--dev-shar", action="append", default=list(D.dev_shar), metavar="DIR",
                        help="Validation Shar directory; repeatable (concatenated).")
-        g.add_argument("--test-shar", action="append", default=[], metavar="NAME=DIR",
+        g.add_argument("--test-shar", action="append", default=list(D.test_shar), metavar="NAME=DIR",
                        help="Named test Shar directory; repeatable.")
-        g.add_argument("--repeat-train", type=str2bool, default=False,
+        g.add_argument("--repeat-train", type=str2bool, default=D.repeat_train,
                        help="Repeat every train source forever so the mux weights hold for the whole run "
                        "(infinite epoch: stop training by step count). False: one pass per epoch.")
-        g.add_argument("--max-duration", type=float, default=600.0,
+        g.add_argument("--max-duration", type=float, default=D.max_duration,
                        help="Seconds of audio per batch (before speed perturbation).")
-        g.add_argument("--num-buckets", type=int, default=30, help="Duration buckets of the sampler.")
-        g.add_argument("--bucket-buffer-size", type=int, default=10000,
+        g.add_argument("--num-buckets", type=int, default=D.num_buckets, help="Duration buckets of the sampler.")
+        g.add_argument("--bucket-buffer-size", type=int, default=D.bucket_buffer_size,
                        help="Cuts the bucketing sampler holds (they carry their FLAC bytes in memory).")
-        g.add_argument("--num-cuts-for-bins-estimate", type=int, default=10000,
+        g.add_argument("--num-cuts-for-bins-estimate", type=int, default=D.num_cuts_for_bins_estimate,
                        help="Cuts read up front to estimate the duration buckets.")
-        g.add_argument("--shuffle-buffer-size", type=int, default=10000, help="Cuts in the shuffle buffer.")
-        g.add_argument("--shuffle", type=str2bool, default=True, help="Shuffle shards and cuts in training.")
-        g.add_argument("--drop-last", type=str2bool, default=True, help="Drop the last partial training batch.")
-        g.add_argument("--num-workers", type=int, default=2, help="Dataloader worker processes.")
-        g.add_argument("--min-duration", type=float, default=0.2, help="Drop training cuts shorter than this (s).")
-        g.add_argument("--max-duration-per-cut", type=float, default=30.0,
+        g.add_argument("--shuffle-buffer-size", type=int, default=D.shuffle_buffer_size,
+                       help="Cuts in the shuffle buffer.")
+        g.add_argument("--shuffle", type=str2bool, default=D.shuffle, help="Shuffle shards and cuts in training.")
+        g.add_argument("--drop-last", type=str2bool, default=D.drop_last,
+                       help="Drop the last partial training batch.")
+        g.add_argument("--num-workers", type=int, default=D.num_workers, help="Dataloader worker processes.")
+        g.add_argument("--min-duration", type=float, default=D.min_duration,
+                       help="Drop training cuts shorter than this (s).")
+        g.add_argument("--max-duration-per-cut", type=float, default=D.max_duration_per_cut,
                        help="Drop training cuts longer than this (s).")
-        g.add_argument("--speed-perturb", type=str2bool, default=True,
+        g.add_argument("--speed-perturb", type=str2bool, default=D.speed_perturb,
                        help="Speed perturbation with factors 0.9/1.0/1.1 (training only).")
-        g.add_argument("--volume-perturb-prob", type=float, default=0.5,
+        g.add_argument("--volume-perturb-prob", type=float, default=D.volume_perturb_prob,
                        help="Probability of a random gain in [1/8, 2] (training only).")
-        g.add_argument("--noise-prob", type=float, default=0.3,
+        g.add_argument("--noise-prob", type=float, default=D.noise_prob,
                        help="Probability of additive noise per training utterance (0 disables).")
-        g.add_argument("--snr-range", type=_snr_range, default=(0.0, 30.0), metavar="LOW,HIGH",
+        g.add_argument("--snr-range", type=_snr_range, default=D.snr_range, metavar="LOW,HIGH",
                        help="SNR range in dB for additive noise.")
-        g.add_argument("--noise-dir", type=str, default=None,
+        g.add_argument("--noise-dir", type=str, default=D.noise_dir,
                        help="Optional directory of wav/flac noise files or a noise Shar directory.")
-        g.add_argument("--silence-pad-prob", type=float, default=0.2,
+        g.add_argument("--silence-pad-prob", type=float, default=D.silence_pad_prob,
                        help="Probability of 0-0.5 s of silence added at both ends of an utterance.")
-        g.add_argument("--empty-prob", type=float, default=0.02,
+        g.add_argument("--empty-prob", type=float, default=D.empty_prob,
                        help="Probability of replacing an utterance by silence/noise with an empty transcript.")
-        g.add_argument("--enable-spec-aug", type=str2bool, default=False,
+        g.add_argument("--enable-spec-aug", type=str2bool, default=D.enable_spec_aug,
                        help="SpecAugment in the data pipeline (off: the CR-CTC model does its own).")
-        g.add_argument("--spec-aug-time-warp-factor", type=int, default=80,
+        g.add_argument("--spec-aug-time-warp-factor", type=int, default=D.spec_aug_time_warp_factor,
                        help="Time warp of SpecAugment in frames (<1 disables).")
-        g.add_argument("--fbank-on-device", type=str2bool, default=False,
+        g.add_argument("--fbank-on-device", type=str2bool, default=D.fbank_on_device,
                        help="Return padded audio; compute fbank in the training process with FbankModule.")
-        g.add_argument("--remove-diacritics", type=str2bool, default=False,
+        g.add_argument("--remove-diacritics", type=str2bool, default=D.remove_diacritics,
                        help="Strip diacritics from transcripts (the no-diacritics ZIPA variants).")
-        g.add_argument("--seed", type=int, default=42, help="Seed for shard order, mux and sampler.")
+        g.add_argument("--seed", type=int, default=D.seed, help="Seed for shard order, mux and sampler.")
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _arg(self, name: str, default: Any = None) -> Any:
-        """The flag's value; a Namespace without it (an API caller) gets the flag's own default, so the
-        defaults live in one place (add_arguments), and ``default`` only for names that are not flags."""
-        if hasattr(self.args, name):
-            return getattr(self.args, name)
-        return _flag_defaults().get(name, default)
-
     def _dataset(self, tokenizer: Any, train: bool) -> PhoneDataset:
-        a = self.args
-        seed = int(self._arg("seed", 42))
+        c = self.config
+        seed = c.seed
         if not train:
-            return PhoneDataset(tokenizer, fbank_on_device=a.fbank_on_device,
-                                remove_diacritics=a.remove_diacritics)
+            return PhoneDataset(tokenizer, fbank_on_device=c.fbank_on_device,
+                                remove_diacritics=c.remove_diacritics)
         cut_transforms: list[Any] = []
-        if a.speed_perturb:
+        if c.speed_perturb:
             cut_transforms.append(SpeedPerturb((0.9, 1.0, 1.1), seed=seed))
-        if self._arg("volume_perturb_prob") > 0:
-            cut_transforms.append(VolumePerturb(p=a.volume_perturb_prob, seed=seed + 1))
+        if c.volume_perturb_prob > 0:
+            cut_transforms.append(VolumePerturb(p=c.volume_perturb_prob, seed=seed + 1))
         silence = None
-        if self._arg("silence_pad_prob") > 0 or self._arg("empty_prob") > 0:
-            silence = SilenceAugment(pad_prob=self._arg("silence_pad_prob"),
-                                     empty_prob=self._arg("empty_prob"), seed=seed + 2)
+        if c.silence_pad_prob > 0 or c.empty_prob > 0:
+            silence = SilenceAugment(pad_prob=c.silence_pad_prob, empty_prob=c.empty_prob, seed=seed + 2)
         noise = None
-        if self._arg("noise_prob") > 0:
-            noise = NoiseAugment(p=a.noise_prob, snr_range=tuple(a.snr_range),
-                                 noise_dir=self._arg("noise_dir", None), seed=seed + 3)
+        if c.noise_prob > 0:
+            noise = NoiseAugment(p=c.noise_prob, snr_range=c.snr_range, noise_dir=c.noise_dir, seed=seed + 3)
         spec = None
-        if a.enable_spec_aug:
-            if a.fbank_on_device:
+        if c.enable_spec_aug:
+            if c.fbank_on_device:
                 log.warning("--enable-spec-aug has no effect in the data module with --fbank-on-device; "
                             "apply anyphone.data.augment.SpecAugment after FbankModule")
             else:
-                spec = SpecAugment(time_warp=self._arg("spec_aug_time_warp_factor", 80), seed=seed + 4)
+                spec = SpecAugment(time_warp=c.spec_aug_time_warp_factor, seed=seed + 4)
         return PhoneDataset(tokenizer, cut_transforms=cut_transforms, silence_augment=silence,
-                            noise_augment=noise, spec_augment=spec, fbank_on_device=a.fbank_on_device,
-                            remove_diacritics=a.remove_diacritics, seed=seed, rank=self.rank)
+                            noise_augment=noise, spec_augment=spec, fbank_on_device=c.fbank_on_device,
+                            remove_diacritics=c.remove_diacritics, seed=seed, rank=self.rank)
 
     def _loader(self, dataset: PhoneDataset, sampler: Any, num_workers: int,
                 loader_class: type[DataLoader] = DataLoader) -> DataLoader:
@@ -617,15 +612,15 @@ class PhoneDataModule:
     def _sampler(self, cuts: CutSet, **kwargs: Any) -> DynamicBucketingSampler | SimpleCutSampler:
         """A bucketing sampler; for tiny sets (fewer cuts than buckets, where lhotse cannot
         estimate bucket bins) fewer buckets, or a plain sampler below two cuts."""
-        num_buckets = self.args.num_buckets
+        num_buckets = self.config.num_buckets
         head = sum(1 for _ in itertools.islice(iter(cuts), num_buckets))
         if head < 2:
             for k in ("buffer_size", "shuffle_buffer_size"):
                 kwargs.pop(k, None)
-            return SimpleCutSampler(cuts, max_duration=self.args.max_duration, **kwargs)
-        return DynamicBucketingSampler(cuts, max_duration=self.args.max_duration,
+            return SimpleCutSampler(cuts, max_duration=self.config.max_duration, **kwargs)
+        return DynamicBucketingSampler(cuts, max_duration=self.config.max_duration,
                                        num_buckets=min(num_buckets, head),
-                                       num_cuts_for_bins_estimate=self._arg("num_cuts_for_bins_estimate", 10000),
+                                       num_cuts_for_bins_estimate=self.config.num_cuts_for_bins_estimate,
                                        **kwargs)
 
     def _eval_sampler(self, cuts: CutSet) -> DynamicBucketingSampler | SimpleCutSampler:
@@ -636,7 +631,7 @@ class PhoneDataModule:
 
     def train_cuts(self, tokenizer: Any) -> tuple[CutSet, bool]:
         """The filtered training CutSet and whether its shards are already split by rank."""
-        a = self.args
+        a = self.config
         if not a.train_shar:
             raise ValueError("no training data: pass --train-shar DIR[:WEIGHT] at least once")
         specs = [parse_weighted_dir(s) for s in a.train_shar]
@@ -658,7 +653,7 @@ class PhoneDataModule:
                         f"{self.world_size} shards with local/reshard.py --num-shards K")
         cuts = open_train_shars(
             specs,
-            seed=int(a.seed),
+            seed=a.seed,
             shuffle_shards=a.shuffle,
             repeat=a.repeat_train,
             rank=self.rank if split else 0,
@@ -673,7 +668,7 @@ class PhoneDataModule:
             max_speed=1.1 if a.speed_perturb else 1.0,
             remove_diacritics=a.remove_diacritics,
             # only the CR-CTC task has --use-unsup-cr-ctc; every other task drops unlabelled cuts
-            keep_unlabelled=bool(self._arg("use_unsup_cr_ctc", False)),
+            keep_unlabelled=a.use_unsup_cr_ctc,
         )
         return cuts.filter(self.train_filter), split
 
@@ -681,20 +676,20 @@ class PhoneDataModule:
         """Training DataLoader; ``dl.sampler`` is a :class:`ResumableSampler` over the bucketing sampler
         (``state_dict()``: the position of the last batch this loader handed out; ``set_epoch(epoch)``).
         Pass a saved ``sampler_state_dict`` to resume right after that batch."""
-        a = self.args
+        a = self.config
         cuts, split = self.train_cuts(tokenizer)
         sampler = self._sampler(
             cuts,
             shuffle=a.shuffle,
             drop_last=a.drop_last,
-            buffer_size=self._arg("bucket_buffer_size", 10000),
-            shuffle_buffer_size=self._arg("shuffle_buffer_size", 10000),
+            buffer_size=a.bucket_buffer_size,
+            shuffle_buffer_size=a.shuffle_buffer_size,
             world_size=1 if split else self.world_size,
             rank=0 if split else self.rank,
-            seed=int(a.seed),
+            seed=a.seed,
         )
         self.train_filter.reset()  # the sampler peeked at the first cuts
-        resumable = ResumableSampler(sampler, cuts, seed=int(a.seed), world_size=self.world_size, rank=self.rank)
+        resumable = ResumableSampler(sampler, cuts, seed=a.seed, world_size=self.world_size, rank=self.rank)
         if sampler_state_dict is not None:
             resumable.load_state_dict(copy.deepcopy(sampler_state_dict))
             log.info(f"resuming the training sampler: epoch {resumable.epoch} (from 0), after its batch "
@@ -704,7 +699,7 @@ class PhoneDataModule:
     def dev_dataloader(self, tokenizer: Any) -> DataLoader:
         """Validation DataLoader over all --dev-shar directories (no augmentation, full set on
         every rank; cuts whose tokens cannot fit the encoder frames are removed)."""
-        a = self.args
+        a = self.config
         if not a.dev_shar:
             raise ValueError("no validation data: pass --dev-shar DIR")
         sets = [open_shar(d, **shar_read_options(a)) for d in a.dev_shar]
@@ -720,19 +715,12 @@ class PhoneDataModule:
     def test_dataloaders(self, tokenizer: Any) -> dict[str, DataLoader]:
         """One DataLoader per --test-shar NAME=DIR (no filtering, no augmentation)."""
         out: dict[str, DataLoader] = {}
-        for spec in self.args.test_shar:
+        for spec in self.config.test_shar:
             name, d = parse_named_dir(spec)
             if name in out:
                 raise ValueError(f"--test-shar {spec!r}: test set name {name!r} given twice")
             out[name] = self._loader(self._dataset(tokenizer, train=False),
-                                     self._eval_sampler(open_shar(d, **shar_read_options(self.args))),
-                                     self.args.num_workers)
+                                     self._eval_sampler(open_shar(d, **shar_read_options(self.config))),
+                                     self.config.num_workers)
         return out
 
-
-@functools.lru_cache(maxsize=1)
-def _flag_defaults() -> dict[str, Any]:
-    """Defaults of PhoneDataModule's flags, read from its parser (the one place they are defined)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    PhoneDataModule.add_arguments(parser)
-    return vars(parser.parse_args([]))  # as the command line gives them (string defaults through their type)

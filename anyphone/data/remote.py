@@ -21,19 +21,22 @@ in front of it for ``http(s)://``, ``s3://`` and ``pipe:`` identifiers.
 Failures. A request that fails with HTTP 429 or 5xx, a refused or dropped connection, a timeout or a stream
 that ends before its known size is retried with exponential backoff and jitter, resuming at the byte where it
 stopped (HTTP/S3 ``Range``; a pipe is run again and the bytes already read are skipped). A shard that still
-fails (or is corrupt: a bad tar or gzip, mismatched ids) is skipped with a one-line warning and counted in
-:func:`shard_failures`; more failed shards than allowed, or a full pass over a source in which every shard
-failed, stops the run with :class:`TooManyShardFailures`.
+fails (or is corrupt: a bad tar or gzip, mismatched ids) is skipped with a one-line warning and counted by
+the same :class:`anyphone.data.shar.BadShards` as damaged local shards, against the one limit
+``--max-bad-shards`` (local and remote shards together); more bad shards than that, or a full pass over a
+source in which every shard failed, stops the run with :class:`anyphone.data.shar.TooManyBadShardsError`.
+:func:`shard_failures` keeps the reasons, for reports.
 
-Settings (environment, read when a source is opened):
+Retry settings (environment, read when a source is opened):
 
 ===================================== ======= ==========================================================
 ``ANYPHONE_REMOTE_RETRIES``           8       retries of one request without progress before the shard fails
 ``ANYPHONE_REMOTE_BACKOFF``           1.0     first backoff in seconds (doubled each retry, with jitter)
 ``ANYPHONE_REMOTE_BACKOFF_MAX``       60      longest backoff in seconds (also caps ``Retry-After``)
 ``ANYPHONE_REMOTE_TIMEOUT``           60      seconds without data before a read counts as failed
-``ANYPHONE_REMOTE_MAX_FAILED_SHARDS`` 10      failed shards per source tolerated before the run stops
 ===================================== ======= ==========================================================
+
+(``ANYPHONE_REMOTE_MAX_FAILED_SHARDS`` is no longer read: the limit is ``--max-bad-shards``.)
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ from lhotse.serialization import (
 )
 from lhotse.shar.readers.lazy import LazySharIterator
 
+from anyphone.data.shar import BadShards, shard_error
+
 log = logging.getLogger(__name__)
 
 # The index lives in the shard folder. Its name starts with "cuts." and lacks ".jsonl" because lhotse's own
@@ -88,16 +93,6 @@ class ShardReadError(OSError):
     """One shard file could not be read (after retries, or a permanent error such as 404). One line."""
 
 
-class TooManyShardFailures(SystemExit):
-    """More shards of a source failed than allowed: the run stops with this one-line message.
-
-    A SystemExit, like the training loop's other stops, so the message is printed without a traceback.
-    """
-
-    def __str__(self) -> str:
-        return str(self.code)
-
-
 class _Transient(Exception):
     """A failure worth retrying (429, 5xx, dropped connection, timeout). ``retry_after``: server's hint (s)."""
 
@@ -119,24 +114,30 @@ def _env_number(name: str, default: float, kind: type = float) -> Any:
     return value
 
 
+_RETIRED_LIMIT = "ANYPHONE_REMOTE_MAX_FAILED_SHARDS"
+_RETIRED_WARNED: list[bool] = []  # warned once per process
+
+
 @dataclass(frozen=True)
 class RemoteConfig:
-    """Retry and failure policy for remote shards (see the module docstring for the environment variables)."""
+    """Retry policy for remote shards (see the module docstring for the environment variables)."""
 
     retries: int = 8
     backoff: float = 1.0
     backoff_max: float = 60.0
     timeout: float = 60.0
-    max_failed_shards: int = 10
 
     @classmethod
     def from_env(cls) -> RemoteConfig:
+        if os.environ.get(_RETIRED_LIMIT, "").strip() and not _RETIRED_WARNED:
+            _RETIRED_WARNED.append(True)
+            log.warning(f"environment variable {_RETIRED_LIMIT} is no longer read: bad shards, local and remote "
+                        "together, are limited by --max-bad-shards")
         return cls(
             retries=_env_number("ANYPHONE_REMOTE_RETRIES", cls.retries, int),
             backoff=_env_number("ANYPHONE_REMOTE_BACKOFF", cls.backoff),
             backoff_max=_env_number("ANYPHONE_REMOTE_BACKOFF_MAX", cls.backoff_max),
             timeout=_env_number("ANYPHONE_REMOTE_TIMEOUT", cls.timeout),
-            max_failed_shards=_env_number("ANYPHONE_REMOTE_MAX_FAILED_SHARDS", cls.max_failed_shards, int),
         )
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
@@ -955,28 +956,29 @@ _FAILURES: dict[str, dict[str, str]] = {}
 
 
 def shard_failures() -> dict[str, dict[str, str]]:
-    """Shards skipped so far in this process: ``{source: {cuts shard: reason}}``."""
+    """Why shards were skipped so far in this process: ``{source: {cuts shard: reason}}`` (a record for reports;
+    the count and its limit are the reading's :class:`anyphone.data.shar.BadShards`)."""
     return {k: dict(v) for k, v in _FAILURES.items()}
 
 
 class ResilientSharIterator(LazySharIterator):
     """lhotse's LazySharIterator (same shard order, shuffling, splitting and epochs), read one shard at a time
-    so that a shard that fails is skipped with a one-line warning and counted instead of ending the stream."""
+    so that a shard that fails is skipped with a one-line warning and counted in ``bad_shards`` (shared with
+    the run's other sources, local ones included) instead of ending the stream."""
 
     def __init__(self, fields: dict[str, Sequence[str]], *, source: str, config: RemoteConfig,
-                 sizes: Mapping[str, int | None], **kwargs: Any) -> None:
+                 sizes: Mapping[str, int | None], bad_shards: BadShards, **kwargs: Any) -> None:
         super().__init__(fields=fields, **kwargs)
         self.source = source
         self.config = config
         self.sizes = dict(sizes)
-        self.failures: dict[str, str] = {}  # cuts shard -> reason of its last failure
+        self.bad_shards = bad_shards
 
     def __iter__(self) -> Iterator[Any]:
         install_io_backend()  # also in a process that unpickled this iterator
         _register(self.sizes, self.config)
         shards = self._maybe_split_for_dataloading(self._maybe_shuffle_shards(self.shards))
         yielded = failed = 0
-        last = ""
         for shard in shards:
             one = LazySharIterator(fields={fld: [path] for fld, path in shard.items()})
             try:
@@ -986,25 +988,23 @@ class ResilientSharIterator(LazySharIterator):
                     yield cut
             except Exception as e:  # noqa: BLE001 - any failure of one shard (network, corrupt data) is skipped
                 failed += 1
-                last = self._record(shard, e)
+                self._record(shard, e)
         self.epoch += 1
         if failed and not yielded:
             # Without this a repeated source whose shards all fail would loop forever without a cut.
-            raise TooManyShardFailures(f"Shar source {self.source}: every shard failed in a pass over it "
-                                       f"({failed} of {len(shards)}); last: {last}")
+            raise self.bad_shards.nothing_read(self.source, len(shards))
 
-    def _record(self, shard: Mapping[str, str], e: BaseException) -> str:
-        reason = str(e) if isinstance(e, ShardReadError) else _one_line(e)
-        self.failures[shard["cuts"]] = reason
-        _FAILURES.setdefault(self.source, {})[shard["cuts"]] = reason
-        n, limit = len(self.failures), self.config.max_failed_shards
-        log.warning(f"skipping shard {_label(shard['cuts'])} of {self.source}: {reason} "
-                    f"({n} shard(s) of this source failed so far, limit {limit})")
-        if n > limit:
-            raise TooManyShardFailures(
-                f"Shar source {self.source}: {n} of {len(self.shards)} shards failed, more than the limit of "
-                f"{limit} (ANYPHONE_REMOTE_MAX_FAILED_SHARDS); last: {reason}")
-        return reason
+    def _record(self, shard: Mapping[str, str], e: BaseException) -> None:
+        files, reason = shard_error(shard, e)
+        if isinstance(e, ShardReadError):  # "LABEL: what happened (after retries)": the file it names
+            text = str(e)
+            named = [p for p in shard.values() if text.startswith(_label(p) + ": ")]
+            if named:
+                files, reason = _label(named[0]).rsplit("/", 1)[-1], text[len(_label(named[0])) + 2:]
+            else:
+                reason = text
+        _FAILURES.setdefault(self.source, {})[shard["cuts"]] = f"{files}: {reason}"
+        self.bad_shards.add(self.source, shard["cuts"], files, reason)
 
 
 def open_remote_shar(
@@ -1015,16 +1015,22 @@ def open_remote_shar(
     seed: int = 42,
     split_for_dataloading: bool = False,
     config: RemoteConfig | None = None,
+    bad_shards: BadShards | None = None,
 ) -> Any:
     """A lazy CutSet over a remote source (its shards, or the subset ``fields`` of them, e.g. one rank's).
 
     Shard order, shuffling (``seed`` + epoch) and dataloader splitting are lhotse's, so a remote copy of a
-    folder yields the same cuts in the same order as the folder does.
+    folder yields the same cuts in the same order as the folder does. Shards that fail are counted in
+    ``bad_shards`` (the run's count, shared with its other sources; default: a count of this source alone
+    with the default --max-bad-shards).
     """
     config = config or RemoteConfig.from_env()
     if fields is None:
         fields = remote_shar_fields(spec, config)
     install_io_backend()
     sizes = {ident: _info(ident)[1] for paths in fields.values() for ident in paths}
-    return CutSet(ResilientSharIterator(fields, source=spec, config=config, sizes=sizes, shuffle_shards=shuffle_shards,
-                            seed=seed, stateful_shuffle=True, split_for_dataloading=split_for_dataloading))
+    if bad_shards is None:
+        bad_shards = BadShards()
+    return CutSet(ResilientSharIterator(fields, source=spec, config=config, sizes=sizes, bad_shards=bad_shards,
+                                        shuffle_shards=shuffle_shards, seed=seed, stateful_shuffle=True,
+                                        split_for_dataloading=split_for_dataloading))

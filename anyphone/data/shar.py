@@ -13,7 +13,8 @@ The output folder is written beside itself and swapped in whole.
 Data files never run commands: a cut whose audio lhotse would load by running one (a ``command``
 source, a ``pipe:`` URL, a ``.sph`` file decoded with sph2pipe) is refused unless the user says the
 data is trusted, and pickled arrays always are. While reading, a shard that cannot be read is
-named, skipped and counted (:class:`ShardGuard`).
+named, skipped and counted, local and remote shards alike, against one limit (``--max-bad-shards``,
+:class:`BadShards`).
 
 Label kinds (noisy-student training). ``cut.custom["label_kind"]`` says what the transcript is:
 ``"labelled"`` (a human or G2P transcript), ``"pseudo"`` (a teacher's output; the cut also carries
@@ -37,7 +38,7 @@ import tarfile
 import tempfile
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
 from lhotse.shar import SharWriter
 from lhotse.shar.readers.lazy import LazySharIterator
 
+from anyphone.data.config import DataConfig
 from anyphone.data.fbank import SAMPLE_RATE
 from anyphone.fileio import TMP_PREFIX
 
@@ -154,8 +156,9 @@ def open_shar(
 
     Every cut passes ``guard`` (default: a :class:`ShardGuard` from ``trust_commands`` and
     ``max_bad_shards``): a cut whose audio would be loaded by running a command raises
-    :class:`UnsafeDataError` unless ``trust_commands``; a local shard that cannot be read is named,
-    skipped and counted, and more than ``max_bad_shards`` of them raise :class:`TooManyBadShardsError`.
+    :class:`UnsafeDataError` unless ``trust_commands``; a shard that cannot be read (local, or remote after
+    its retries) is named, skipped and counted by the guard's :class:`BadShards`, and more than
+    ``max_bad_shards`` of them raise :class:`TooManyBadShardsError`.
     """
     if guard is None:
         guard = ShardGuard(trust_commands=trust_commands, max_bad_shards=max_bad_shards)
@@ -168,7 +171,7 @@ def open_shar(
         from anyphone.data.remote import open_remote_shar
 
         cuts = open_remote_shar(str(in_dir), fields, shuffle_shards=shuffle_shards, seed=seed,
-                                split_for_dataloading=split_for_dataloading)
+                                split_for_dataloading=split_for_dataloading, bad_shards=guard.bad_shards)
     else:
         cuts = CutSet(_GuardedSharIterator(
             guard=guard,
@@ -249,7 +252,7 @@ def open_train_shars(
 # Trust and damage: data files never run commands; a shard that cannot be read is skipped and counted
 # ----------------------------------------------------------------------------------------------
 
-DEFAULT_MAX_BAD_SHARDS = 10
+DEFAULT_MAX_BAD_SHARDS = DataConfig.max_bad_shards  # --max-bad-shards
 TRUST_HINT = "pass --trust-data-commands 1 if you trust this data"
 
 
@@ -262,7 +265,8 @@ class UnsafeDataError(DataError):
 
 
 class TooManyBadShardsError(DataError):
-    """More shards could not be read than ``max_bad_shards`` allows."""
+    """More shards could not be read than ``--max-bad-shards`` allows, local and remote ones together, or not a
+    single cut could be read from a source (see :class:`BadShards`)."""
 
 
 def _short(value: object, limit: int = 80) -> str:
@@ -414,6 +418,67 @@ def _count_cuts(path: str) -> int | None:
         return None
 
 
+class BadShards:
+    """The one count of shards that could not be read, local and remote alike, and its one limit
+    (``--max-bad-shards``). One object serves all the sources of a run (``open_train_shars`` gives every
+    directory the same one), so a corrupt local tar and a remote shard that keeps failing add up.
+
+    A shard is counted once, by its cuts manifest, however often it fails (a repeated stream meets it again).
+    Each is named in one warning line::
+
+        bad shard, skipped: SOURCE: FILES: REASON (N bad shard(s) so far, --max-bad-shards LIMIT)
+
+    and more than ``limit`` of them raise :class:`TooManyBadShardsError`, one line naming every bad shard by
+    source::
+
+        N shards cannot be read, more than --max-bad-shards LIMIT: SOURCE: SHARD, SHARD; SOURCE: SHARD
+        (the last: SOURCE: FILES: REASON)
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        if limit is None:
+            limit = DEFAULT_MAX_BAD_SHARDS
+        if int(limit) < 0:
+            raise ValueError(f"--max-bad-shards {limit}: expected 0 or more")
+        self.limit = int(limit)
+        self.failed: dict[str, tuple[str, str, str]] = {}  # cuts manifest -> (source, files, reason)
+
+    def __len__(self) -> int:
+        return len(self.failed)
+
+    def add(self, source: str, shard: str, files: str, reason: str) -> None:
+        """Count the shard whose cuts manifest is ``shard`` (of ``source``) as bad, once; ``files``: the
+        file(s) that failed, ``reason``: one line. Warns, and raises when there are more than ``limit``."""
+        if shard not in self.failed:
+            self.failed[shard] = (str(source), files, reason)
+            log.warning(f"bad shard, skipped: {source}: {files}: {reason} ({len(self.failed)} bad shard(s) so far, "
+                        f"--max-bad-shards {self.limit})")
+        if len(self.failed) > self.limit:
+            raise TooManyBadShardsError(self._too_many(shard))
+
+    def _too_many(self, last: str) -> str:
+        by_source: dict[str, list[str]] = {}
+        for shard, (source, _, _) in self.failed.items():
+            by_source.setdefault(source, []).append(_shard_name(shard))
+        named = "; ".join(f"{source}: {', '.join(names)}" for source, names in by_source.items())
+        source, files, reason = self.failed[last]
+        return (f"{len(self.failed)} shards cannot be read, more than --max-bad-shards {self.limit}: {named} "
+                f"(the last: {source}: {files}: {reason})")
+
+    def nothing_read(self, source: str, num_shards: int) -> TooManyBadShardsError:
+        """The error for a pass over ``source`` in which no shard gave a cut (a repeated stream would otherwise
+        loop forever); names the last of its shards that failed."""
+        mine = [(files, reason) for src, files, reason in self.failed.values() if src == str(source)]
+        last = f"; the last: {mine[-1][0]}: {mine[-1][1]}" if mine else ""
+        return TooManyBadShardsError(f"{source}: no cut could be read from its {num_shards} shard(s) "
+                                     f"({len(mine)} bad){last}")
+
+
+def _shard_name(path: str) -> str:
+    """The file name of a shard path or URL (``cuts.000003.jsonl.gz``), for messages that name the source."""
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
 @dataclass
 class ShardScan:
     """What :meth:`ShardGuard.scan` found in one cuts manifest."""
@@ -431,8 +496,9 @@ class ShardGuard:
 
     - A cut whose audio would be loaded by running a command (see :func:`source_command`) raises
       :class:`UnsafeDataError` naming the cut, unless ``trust_commands``; a pickled array always does.
-    - A shard that cannot be read (corrupt or truncated tar, broken gzip or JSON) is named in a warning,
-      the rest of it is skipped and it is counted once; more than ``max_bad_shards`` bad shards raise
+    - A shard that cannot be read (corrupt or truncated tar, broken gzip or JSON; a remote one after its
+      retries) is named in a warning, the rest of it is skipped and it is counted once in ``bad_shards``
+      (:class:`BadShards`, local and remote shards together); more than ``max_bad_shards`` bad shards raise
       :class:`TooManyBadShardsError`.
     - With a ``tokenizer``, cuts whose (normalised) transcript has labels outside its inventory are
       dropped and counted per shard, unless ``keep_unk_cuts`` (then they train with ``<unk>`` targets).
@@ -449,16 +515,12 @@ class ShardGuard:
         keep_unk_cuts: bool = False,
         remove_diacritics: bool = False,
     ) -> None:
-        if max_bad_shards is None:
-            max_bad_shards = DEFAULT_MAX_BAD_SHARDS
-        if int(max_bad_shards) < 0:
-            raise ValueError(f"--max-bad-shards {max_bad_shards}: expected 0 or more")
+        self.bad_shards = BadShards(max_bad_shards)
+        self.max_bad_shards = self.bad_shards.limit
         self.trust_commands = bool(trust_commands)
-        self.max_bad_shards = int(max_bad_shards)
         self.tokenizer = tokenizer
         self.keep_unk_cuts = bool(keep_unk_cuts)
         self.remove_diacritics = bool(remove_diacritics)
-        self.bad_shards: dict[str, str] = {}  # cuts manifest of the shard -> what failed
         self.unk_dropped: Counter = Counter()  # cuts manifest -> cuts dropped while reading
 
     # -- cuts ----------------------------------------------------------------------------------
@@ -490,16 +552,9 @@ class ShardGuard:
 
     # -- shards --------------------------------------------------------------------------------
 
-    def shard_failed(self, shard: str, what: str) -> None:
-        """Count the shard whose cuts manifest is ``shard`` as bad (once), warn, raise when too many."""
-        if shard not in self.bad_shards:
-            self.bad_shards[shard] = what
-            log.warning(f"bad shard, skipped: {what} ({len(self.bad_shards)} bad shard(s) so far, "
-                        f"--max-bad-shards {self.max_bad_shards})")
-        if len(self.bad_shards) > self.max_bad_shards:
-            raise TooManyBadShardsError(
-                f"{len(self.bad_shards)} shards cannot be read, more than --max-bad-shards {self.max_bad_shards} "
-                f"(the last: {what})")
+    def shard_failed(self, source: str, shard: str, files: str, reason: str) -> None:
+        """:meth:`BadShards.add` of this guard's count."""
+        self.bad_shards.add(source, shard, files, reason)
 
     def scan(self, sources: Sequence[tuple[str, dict[str, list[str]]]]) -> list[ShardScan]:
         """Read every local cuts manifest of ``sources`` ((name, fields) pairs) once, without audio.
@@ -523,7 +578,7 @@ class ShardGuard:
                 except DataError:
                     raise
                 except (OSError, EOFError, ValueError, zlib.error) as e:
-                    self.shard_failed(path, f"{path}: {_first_line(e)}")
+                    self.shard_failed(name, path, _shard_name(path), _first_line(e))
                     continue
                 scans.append(scan)
                 total += scan.cuts
@@ -569,30 +624,28 @@ class ShardGuard:
         return scan
 
 
-def shar_read_options(args: Any, tokenizer: Any = None) -> dict[str, Any]:
-    """Keyword arguments for :func:`open_shar` / :func:`open_train_shars` from the data flags
+def shar_read_options(config: DataConfig, tokenizer: Any = None) -> dict[str, Any]:
+    """Keyword arguments for :func:`open_shar` / :func:`open_train_shars` from the data config
     (``--trust-data-commands``, ``--max-bad-shards``; with a tokenizer also ``--keep-unk-cuts`` and
-    ``--remove-diacritics``); flags a parser lacks take their defaults."""
-    opts: dict[str, Any] = {
-        "trust_commands": bool(getattr(args, "trust_data_commands", False)),
-        "max_bad_shards": getattr(args, "max_bad_shards", None),
-    }
+    ``--remove-diacritics``)."""
+    opts: dict[str, Any] = {"trust_commands": config.trust_data_commands, "max_bad_shards": config.max_bad_shards}
     if tokenizer is not None:
-        opts.update(tokenizer=tokenizer, keep_unk_cuts=bool(getattr(args, "keep_unk_cuts", False)),
-                    remove_diacritics=bool(getattr(args, "remove_diacritics", False)))
+        opts.update(tokenizer=tokenizer, keep_unk_cuts=config.keep_unk_cuts,
+                    remove_diacritics=config.remove_diacritics)
     return opts
 
 
-def _shard_error(shard: dict[str, str], e: BaseException) -> str:
-    """'FILE: Error: message' for an exception met while reading one shard: the tar(s) for tar errors,
-    the cuts manifest for gzip/JSON errors, every file of the shard when it cannot be told."""
+def shard_error(shard: Mapping[str, str], e: BaseException) -> tuple[str, str]:
+    """(files, reason) for an exception met while reading one shard: the file names of the tar(s) for tar
+    errors, of the cuts manifest for gzip/JSON errors, of every file of the shard when it cannot be told; the
+    reason is the error's first line."""
     if isinstance(e, tarfile.TarError) or "tar" in str(e).lower():
         files = [p for f, p in shard.items() if f != "cuts"] or [shard["cuts"]]
     elif isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile, json.JSONDecodeError, UnicodeDecodeError)):
         files = [shard["cuts"]]
     else:
         files = list(shard.values())
-    return f"{', '.join(str(p) for p in files)}: {_first_line(e)}"
+    return ", ".join(_shard_name(p) for p in files), _first_line(e)
 
 
 class _GuardedSharIterator(LazySharIterator):
@@ -624,7 +677,7 @@ class _GuardedSharIterator(LazySharIterator):
                 except StopIteration:
                     break
                 except Exception as e:  # noqa: BLE001 - whatever lhotse raises on a damaged file
-                    self.guard.shard_failed(str(shard["cuts"]), _shard_error(shard, e))
+                    self.guard.shard_failed(self.name, str(shard["cuts"]), *shard_error(shard, e))
                     failed = True
                     break
                 cut.shar_epoch = self.epoch
@@ -634,13 +687,13 @@ class _GuardedSharIterator(LazySharIterator):
                 # a tar cut short at a member boundary ends without an error: compare with the manifest
                 expected = _count_cuts(str(shard["cuts"]))
                 if expected is not None and n < expected:
-                    tars = ", ".join(str(p) for f, p in shard.items() if f != "cuts")
-                    self.guard.shard_failed(str(shard["cuts"]), f"{tars}: holds {n} of the {expected} cuts of "
-                                            f"{shard['cuts']} (truncated)")
+                    tars = ", ".join(_shard_name(p) for f, p in shard.items() if f != "cuts")
+                    self.guard.shard_failed(self.name, str(shard["cuts"]), tars, f"holds {n} of the {expected} "
+                                            f"cuts of {_shard_name(shard['cuts'])} (truncated)")
             delivered += n
         if shards and delivered == 0:
             # without this a repeated stream would loop forever over shards that yield nothing
-            raise DataError(f"Shar directory {self.name}: no cut could be read from its {len(shards)} shard(s)")
+            raise self.guard.bad_shards.nothing_read(self.name, len(shards))
         self.epoch += 1
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -47,8 +48,10 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from anyphone.data.config import DataConfig
 from anyphone.data.shar import DataError
 from anyphone.fileio import DirLock, LockedError, atomic_write_bytes, is_disk_full
+from anyphone.training.config import TrainingConfig
 from anyphone.training.dist import (
     DistInfo,
     agree_on_batches,
@@ -78,59 +81,76 @@ STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1") if hasat
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    T = TrainingConfig()  # the defaults live there
     g = parser.add_argument_group(
         "training (icefall names)",
         "One run per --exp-dir (EXP_DIR/.lock). SIGTERM or SIGUSR1 make the run finish its step, save a "
         "checkpoint and exit with status 3, so a job script can requeue; the same command then continues. "
         "Exit status: 0 finished, 1 an error, 3 checkpointed on a signal.")
-    g.add_argument("--world-size", type=int, default=1, help="Number of processes (GPUs, or CPU workers) for DDP.")
-    g.add_argument("--master-port", type=int, default=12354, help="Rendezvous port for --world-size > 1.")
-    g.add_argument("--exp-dir", type=Path, default=Path("exp"), help="Checkpoints, logs and curves go here.")
-    g.add_argument("--lang-dir", type=Path, default=Path("ipa_simplified"), help="Holds tokens.txt.")
-    g.add_argument("--num-epochs", type=int, default=30)
-    g.add_argument("--start-epoch", type=int, default=1, help="Resume from epoch-(N-1).pt when N > 1.")
+    g.add_argument("--world-size", type=int, default=T.world_size,
+                   help="Number of processes (GPUs, or CPU workers) for DDP.")
+    g.add_argument("--master-port", type=int, default=T.master_port,
+                   help="Rendezvous port for --world-size > 1.")
+    g.add_argument("--exp-dir", type=Path, default=T.exp_dir, help="Checkpoints, logs and curves go here.")
+    g.add_argument("--lang-dir", type=Path, default=T.lang_dir, help="Holds tokens.txt.")
+    g.add_argument("--num-epochs", type=int, default=T.num_epochs)
+    g.add_argument("--start-epoch", type=int, default=T.start_epoch,
+                   help="Resume from epoch-(N-1).pt when N > 1.")
     g.add_argument(
         "--start-batch",
         type=int,
-        default=0,
+        default=T.start_batch,
         help="Resume from checkpoint-N.pt in --exp-dir. With 0, the newest checkpoint-*.pt is used if "
         "--auto-resume is true.",
     )
-    g.add_argument("--auto-resume", type=str2bool, default=True, help="Resume from the newest checkpoint.")
-    g.add_argument("--init-from", type=Path, default=None,
+    g.add_argument("--auto-resume", type=str2bool, default=T.auto_resume,
+                   help="Resume from the newest checkpoint.")
+    g.add_argument("--init-from", type=Path, default=T.init_from,
                    help="Fine-tune: initialise the weights from this checkpoint or ZIPA .pth (optimizer not loaded).")
-    g.add_argument("--base-lr", type=float, default=0.045)
-    g.add_argument("--lr-batches", type=float, default=7500, help="Eden: batches over which lr starts to decay.")
-    g.add_argument("--lr-epochs", type=float, default=3.5, help="Eden: epochs over which lr starts to decay.")
-    g.add_argument("--warmup-batches", type=float, default=500.0, help="Eden's linear warm-up from 0.5x.")
-    g.add_argument("--ref-duration", type=float, default=600,
+    g.add_argument("--base-lr", type=float, default=T.base_lr)
+    g.add_argument("--lr-batches", type=float, default=T.lr_batches,
+                   help="Eden: batches over which lr starts to decay.")
+    g.add_argument("--lr-epochs", type=float, default=T.lr_epochs,
+                   help="Eden: epochs over which lr starts to decay.")
+    g.add_argument("--warmup-batches", type=float, default=T.warmup_batches,
+                   help="Eden's linear warm-up from 0.5x.")
+    g.add_argument("--ref-duration", type=float, default=T.ref_duration,
                    help="Seconds of audio in a reference batch; schedules count batches of this size.")
-    g.add_argument("--use-fp16", type=str2bool, default=False, help="float16 autocast with a grad scaler.")
-    g.add_argument("--use-bf16", type=str2bool, default=False, help="bfloat16 autocast (no scaler needed).")
-    g.add_argument("--accum-grad", type=int, default=1, help="Batches per optimizer step.")
-    g.add_argument("--average-period", type=int, default=200, help="Update the averaged model every N batches.")
-    g.add_argument("--save-every-n", type=int, default=4000, help="Save checkpoint-N.pt every N batches.")
-    g.add_argument("--keep-last-k", type=int, default=30, help="Keep this many checkpoint-*.pt files.")
-    g.add_argument("--valid-interval", type=int, default=3000, help="Validate every N batches.")
-    g.add_argument("--log-interval", type=int, default=50)
-    g.add_argument("--valid-every-epoch", type=str2bool, default=True, help="Also validate at each epoch end.")
-    g.add_argument("--keep-best", type=str2bool, default=True,
+    g.add_argument("--use-fp16", type=str2bool, default=T.use_fp16,
+                   help="float16 autocast with a grad scaler.")
+    g.add_argument("--use-bf16", type=str2bool, default=T.use_bf16,
+                   help="bfloat16 autocast (no scaler needed).")
+    g.add_argument("--accum-grad", type=int, default=T.accum_grad, help="Batches per optimizer step.")
+    g.add_argument("--average-period", type=int, default=T.average_period,
+                   help="Update the averaged model every N batches.")
+    g.add_argument("--save-every-n", type=int, default=T.save_every_n,
+                   help="Save checkpoint-N.pt every N batches.")
+    g.add_argument("--keep-last-k", type=int, default=T.keep_last_k,
+                   help="Keep this many checkpoint-*.pt files.")
+    g.add_argument("--valid-interval", type=int, default=T.valid_interval, help="Validate every N batches.")
+    g.add_argument("--log-interval", type=int, default=T.log_interval)
+    g.add_argument("--valid-every-epoch", type=str2bool, default=T.valid_every_epoch,
+                   help="Also validate at each epoch end.")
+    g.add_argument("--keep-best", type=str2bool, default=T.keep_best,
                    help="Save the weights with the best dev PER so far as best-valid.pt.")
-    g.add_argument("--max-batches", type=int, default=0, help="Stop after this many batches (0: no limit).")
-    g.add_argument("--max-minutes", type=float, default=0.0,
+    g.add_argument("--max-batches", type=int, default=T.max_batches,
+                   help="Stop after this many batches (0: no limit).")
+    g.add_argument("--max-minutes", type=float, default=T.max_minutes,
                    help="Stop after this many minutes of training, counted over resumes (0: no limit).")
-    g.add_argument("--cooldown-fraction", type=float, default=0.0,
+    g.add_argument("--cooldown-fraction", type=float, default=T.cooldown_fraction,
                    help="Lower the learning rate linearly to 0 over this last fraction of the budget set by "
                    "--max-batches or --max-minutes (warm-up, stable, decay; for fixed-length runs). 0: off.")
-    g.add_argument("--max-bad-batches", type=int, default=20,
+    g.add_argument("--max-bad-batches", type=int, default=T.max_bad_batches,
                    help="Stop when this many batches in a row give a non-finite loss.")
-    g.add_argument("--tensorboard", type=str2bool, default=True)
-    g.add_argument("--wandb", type=str2bool, default=False, help="Log to wandb (offline unless configured).")
-    g.add_argument("--wandb-project", type=str, default="anyphone")
-    g.add_argument("--scan-pessimistic-batches", type=str2bool, default=True,
+    g.add_argument("--tensorboard", type=str2bool, default=T.tensorboard)
+    g.add_argument("--wandb", type=str2bool, default=T.wandb,
+                   help="Log to wandb (offline unless configured).")
+    g.add_argument("--wandb-project", type=str, default=T.wandb_project)
+    g.add_argument("--scan-pessimistic-batches", type=str2bool, default=T.scan_pessimistic_batches,
                    help="On GPU, try the largest batches first so an out-of-memory shows up at once.")
-    g.add_argument("--num-threads", type=int, default=0, help="torch CPU threads per process (0: torch default).")
-    g.add_argument("--device", type=str, default="auto", help="auto, cpu or cuda.")
+    g.add_argument("--num-threads", type=int, default=T.num_threads,
+                   help="torch CPU threads per process (0: torch default).")
+    g.add_argument("--device", type=str, default=T.device, help="auto, cpu or cuda.")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -171,29 +191,30 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DDP) else model
 
 
-def adjusted_batch_count(batch_idx_train: int, args: argparse.Namespace) -> float:
-    """Zipformer's schedules (dropout, skip rates, balancer limits) count batches of --ref-duration seconds."""
-    return batch_idx_train * (args.max_duration * args.world_size * args.accum_grad) / args.ref_duration
+def adjusted_batch_count(batch_idx_train: int, cfg: TrainingConfig) -> float:
+    """Zipformer's schedules (dropout, skip rates, balancer limits) count batches of --ref-duration seconds.
+    (``cfg``: a TrainingConfig, or anything with its max_duration, world_size, accum_grad and ref_duration.)"""
+    return batch_idx_train * (cfg.max_duration * cfg.world_size * cfg.accum_grad) / cfg.ref_duration
 
 
-def budget_progress(batch_idx_train: int, train_minutes: float, args: argparse.Namespace) -> float | None:
+def budget_progress(batch_idx_train: int, train_minutes: float, cfg: TrainingConfig) -> float | None:
     """How much of the run's fixed budget (--max-batches, --max-minutes; the nearer limit) is spent, in [0, 1];
     None when neither is set."""
     parts = []
-    if args.max_batches > 0:
-        parts.append(batch_idx_train / args.max_batches)
-    if args.max_minutes > 0:
-        parts.append(train_minutes / args.max_minutes)
+    if cfg.max_batches > 0:
+        parts.append(batch_idx_train / cfg.max_batches)
+    if cfg.max_minutes > 0:
+        parts.append(train_minutes / cfg.max_minutes)
     return min(1.0, max(parts)) if parts else None
 
 
-def budget_eta(args: argparse.Namespace, batch_idx_train: int, window_seconds: float, window_batches: int) -> str:
+def budget_eta(cfg: TrainingConfig, batch_idx_train: int, window_seconds: float, window_batches: int) -> str:
     """``", batch N of M (P%), about X min left"`` for a --max-batches budget, from the last logging window's
     pace; empty without that budget. Only the message uses the clock: the work done does not depend on it."""
-    if args.max_batches <= 0 or window_batches <= 0:
+    if cfg.max_batches <= 0 or window_batches <= 0:
         return ""
-    left = max(args.max_batches - batch_idx_train, 0) * window_seconds / window_batches / 60
-    return (f", batch {batch_idx_train} of {args.max_batches} ({100 * batch_idx_train / args.max_batches:.0f}%), "
+    left = max(cfg.max_batches - batch_idx_train, 0) * window_seconds / window_batches / 60
+    return (f", batch {batch_idx_train} of {cfg.max_batches} ({100 * batch_idx_train / cfg.max_batches:.0f}%), "
             f"about {left:.0f} min left")
 
 
@@ -246,15 +267,15 @@ def move_batch(batch: dict, device: torch.device) -> dict:
     return batch
 
 
-def autocast_context(args: argparse.Namespace, device: torch.device):
-    if args.use_fp16 or args.use_bf16:
-        dtype = torch.float16 if args.use_fp16 else torch.bfloat16
+def autocast_context(cfg: TrainingConfig, device: torch.device):
+    if cfg.use_fp16 or cfg.use_bf16:
+        dtype = torch.float16 if cfg.use_fp16 else torch.bfloat16
         return torch.autocast(device_type=device.type, dtype=dtype)
     return nullcontext()
 
 
-def resolve_device(args: argparse.Namespace, info: DistInfo) -> torch.device:
-    if args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available()):
+def resolve_device(cfg: TrainingConfig, info: DistInfo) -> torch.device:
+    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda", info.local_rank)
 
@@ -369,7 +390,7 @@ class _Collect(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def _lock_exp_dir(args: argparse.Namespace, info: DistInfo, device: torch.device,
+def _lock_exp_dir(cfg: TrainingConfig, info: DistInfo, device: torch.device,
                   stack: contextlib.ExitStack, parent_holds_lock: bool) -> list[str]:
     """Rank 0 takes the exp dir's lock for the whole run (unless the spawning parent holds it), before
     anything is written there. Every rank learns the outcome, so under torchrun the others stop too rather
@@ -382,14 +403,14 @@ def _lock_exp_dir(args: argparse.Namespace, info: DistInfo, device: torch.device
         fileio_log.addHandler(notes)
         fileio_log.propagate = False  # the log of this run is not open yet: keep the note for it
         try:
-            stack.enter_context(hold_exp_dir(args.exp_dir))
+            stack.enter_context(hold_exp_dir(cfg.exp_dir))
         except LockedError as e:
             error = str(e)
         finally:
             fileio_log.removeHandler(notes)
             fileio_log.propagate = propagate
     if not all_ranks_true(error is None, device):
-        raise SystemExit(error or f"rank {info.rank}: stopping, rank 0 could not lock {args.exp_dir}")
+        raise SystemExit(error or f"rank {info.rank}: stopping, rank 0 could not lock {cfg.exp_dir}")
     return notes.messages
 
 
@@ -397,23 +418,26 @@ def run(args: argparse.Namespace, task: Any) -> None:
     """Entry point for recipes: spawn --world-size processes, or run under torchrun, or run in-process.
 
     Exits with EXIT_CHECKPOINTED_ON_SIGNAL (3) when SIGTERM / SIGUSR1 stopped the run after a checkpoint.
+    ``args`` (the parsed flags) go to the task as they are; the loop's own knobs are read from them once, here,
+    into a :class:`TrainingConfig`.
     """
+    cfg = TrainingConfig.from_args(args)
     if launched_by_torchrun():
-        _worker(int(os.environ["RANK"]), args.world_size, args, task)
-    elif args.world_size > 1:
-        _spawn(args, task)
+        _worker(int(os.environ["RANK"]), cfg.world_size, args, task, config=cfg)
+    elif cfg.world_size > 1:
+        _spawn(args, task, cfg)
     else:
-        _worker(0, 1, args, task)
+        _worker(0, 1, args, task, config=cfg)
 
 
-def _spawn(args: argparse.Namespace, task: Any) -> None:
+def _spawn(args: argparse.Namespace, task: Any, cfg: TrainingConfig) -> None:
     """--world-size N on one machine. This process holds the exp dir's lock for its workers, passes SIGTERM /
     SIGUSR1 on to them (a batch system may signal only the process it started) and exits as they did."""
     from torch.multiprocessing.spawn import ProcessExitedException
 
     try:
-        with hold_exp_dir(args.exp_dir):
-            ctx = mp.spawn(_worker, args=(args.world_size, args, task, True), nprocs=args.world_size,
+        with hold_exp_dir(cfg.exp_dir):
+            ctx = mp.spawn(_worker, args=(cfg.world_size, args, task, True, cfg), nprocs=cfg.world_size,
                            join=False)
 
             def forward(signum: int) -> None:
@@ -437,11 +461,13 @@ def _spawn(args: argparse.Namespace, task: Any) -> None:
 
 
 def _worker(rank: int, world_size: int, args: argparse.Namespace, task: Any,
-            parent_holds_lock: bool = False) -> None:
-    info = init_distributed(rank, world_size, args.master_port)
-    args.world_size = info.world_size
+            parent_holds_lock: bool = False, config: TrainingConfig | None = None) -> None:
+    cfg = config if config is not None else TrainingConfig.from_args(args)
+    info = init_distributed(rank, world_size, cfg.master_port)
+    args.world_size = info.world_size  # the flags, which the task reads, say what the job is
+    cfg = dataclasses.replace(cfg, world_size=info.world_size)
     try:
-        state = train(args, task, info, parent_holds_lock=parent_holds_lock)
+        state = train(args, task, info, parent_holds_lock=parent_holds_lock, config=cfg)
     finally:
         cleanup_distributed()
     if getattr(state, "stopped_on_signal", None):
@@ -449,22 +475,25 @@ def _worker(rank: int, world_size: int, args: argparse.Namespace, task: Any,
 
 
 def train(args: argparse.Namespace, task: Any, info: DistInfo | None = None,
-          parent_holds_lock: bool = False) -> TrainState:
+          parent_holds_lock: bool = False, config: TrainingConfig | None = None) -> TrainState:
     """Train in this process (one rank). Holds the exp dir's lock (rank 0, unless ``parent_holds_lock``) and
     handles SIGTERM / SIGUSR1 for the whole run; the returned state has ``stopped_on_signal`` (the signal's
-    name) when a signal stopped it after a checkpoint. Errors on bad input are SystemExit with one line."""
+    name) when a signal stopped it after a checkpoint. Errors on bad input are SystemExit with one line.
+
+    ``args``: the parsed flags, which the task reads. The loop reads its own knobs from ``config`` (default:
+    ``TrainingConfig.from_args(args)``) and the data module's from ``DataConfig.from_args(args)``."""
     info = info or DistInfo()
-    args.exp_dir = Path(args.exp_dir)
-    args.exp_dir.mkdir(parents=True, exist_ok=True)
+    cfg = config if config is not None else TrainingConfig.from_args(args)
+    cfg.exp_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         # the lock comes first: a refused run must not write a byte in the exp dir, not even a log line
-        notes = _lock_exp_dir(args, info, resolve_device(args, info), stack, parent_holds_lock)
-        setup_logging(args.exp_dir, info.rank)
+        notes = _lock_exp_dir(cfg, info, resolve_device(cfg, info), stack, parent_holds_lock)
+        setup_logging(cfg.exp_dir, info.rank)
         for note in notes:
             log.warning(note)
         stop_signals = stack.enter_context(StopSignals())
         try:
-            state = _train(args, task, info, stop_signals)
+            state = _train(args, cfg, task, info, stop_signals)
         except DataError as e:  # refused or damaged data, found at start-up or while reading: one line
             raise SystemExit(_one_line(e)) from None
         if stop_signals.stopping:
@@ -482,55 +511,57 @@ def _one_line(e: BaseException) -> str:
     return text
 
 
-def _train(args: argparse.Namespace, task: Any, info: DistInfo, stop_signals: StopSignals) -> TrainState:
+def _train(args: argparse.Namespace, cfg: TrainingConfig, task: Any, info: DistInfo,
+           stop_signals: StopSignals) -> TrainState:
     from anyphone.data.module import PhoneDataModule, SamplerStateError
     from anyphone.optim import Eden, ScaledAdam
     from anyphone.text.tokenizer import IpaTokenizer
     from anyphone.weights import checkpoint as ckpt
 
-    if args.num_threads > 0:
-        torch.set_num_threads(args.num_threads)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
     tune_cpu_allocator()
-    device = resolve_device(args, info)
-    if args.use_fp16 and args.use_bf16:
+    device = resolve_device(cfg, info)
+    if cfg.use_fp16 and cfg.use_bf16:
         raise SystemExit("choose one of --use-fp16 and --use-bf16")
-    if args.cooldown_fraction > 0 and budget_progress(0, 0.0, args) is None:
+    if cfg.cooldown_fraction > 0 and budget_progress(0, 0.0, cfg) is None:
         raise SystemExit("--cooldown-fraction needs a fixed budget: --max-batches or --max-minutes")
-    if not 0.0 <= args.cooldown_fraction <= 1.0:
-        raise SystemExit(f"--cooldown-fraction {args.cooldown_fraction}: expected a fraction in [0, 1]")
-    _check_data_dirs(args)
+    if not 0.0 <= cfg.cooldown_fraction <= 1.0:
+        raise SystemExit(f"--cooldown-fraction {cfg.cooldown_fraction}: expected a fraction in [0, 1]")
+    data = DataConfig.from_args(args)
+    _check_data_dirs(data)
     log.info("Training %s on %s, world size %d (rank %d, pid %d)", task.name, device, info.world_size,
              info.rank, os.getpid())
     log.info("Arguments: %s", {k: str(v) for k, v in sorted(vars(args).items())})
     if info.is_main:
         # we hold the lock, so no save of this exp dir is running: these are left by killed saves
-        removed = ckpt.remove_stale_checkpoint_temporaries(args.exp_dir)
+        removed = ckpt.remove_stale_checkpoint_temporaries(cfg.exp_dir)
         if removed:
             mb = sum(p.stat().st_size if p.exists() else 0 for p in removed) / 2**20
             log.warning("Removed %d temporary file(s) of interrupted saves: %s", len(removed),
                         ", ".join(p.name for p in removed) + (f" ({mb:.0f} MB)" if mb >= 1 else ""))
 
-    fix_random_seed(args.seed + info.rank)
-    tokenizer = IpaTokenizer.from_dir(args.lang_dir)
+    fix_random_seed(cfg.seed + info.rank)
+    tokenizer = IpaTokenizer.from_dir(cfg.lang_dir)
     model = task.build_model(args, tokenizer)
     num_params = sum(p.numel() for p in model.parameters())
     log.info("Model %s: %s parameters", type(model).__name__, f"{num_params:,}")
 
-    if args.init_from is not None:
-        _init_weights_from(model, args.init_from)
+    if cfg.init_from is not None:
+        _init_weights_from(model, cfg.init_from)
 
     state = TrainState()
-    resume_path = _find_resume_checkpoint(args, ckpt)
+    resume_path = _find_resume_checkpoint(cfg, ckpt)
     model_avg = copy.deepcopy(model).to(torch.float64) if info.is_main else None
 
     model.to(device)
     # named parameters so the optimizer's warnings can name a tensor whose gradient is not finite
     optimizer = ScaledAdam(
-        [(n, p) for n, p in model.named_parameters() if p.requires_grad], lr=args.base_lr, clipping_scale=2.0
+        [(n, p) for n, p in model.named_parameters() if p.requires_grad], lr=cfg.base_lr, clipping_scale=2.0
     )
-    scheduler = Eden(optimizer, args.lr_batches, args.lr_epochs, warmup_batches=args.warmup_batches)
+    scheduler = Eden(optimizer, cfg.lr_batches, cfg.lr_epochs, warmup_batches=cfg.warmup_batches)
     # fp16: start the loss scale at 1 (as icefall does); the default 65536 overflows Zipformer's first steps
-    scaler = torch.amp.GradScaler(device.type, enabled=args.use_fp16, init_scale=1.0)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.use_fp16, init_scale=1.0)
 
     sampler_state = None
     if resume_path is not None:
@@ -552,8 +583,8 @@ def _train(args: argparse.Namespace, task: Any, info: DistInfo, stop_signals: St
                                    else saved.get("module_state", {}))
         sampler_state = saved.get("sampler")
         log.info("Resumed at epoch %d, batch %d", state.epoch, state.batch_idx_train)
-    elif args.start_epoch > 1:
-        state.epoch = args.start_epoch
+    elif cfg.start_epoch > 1:
+        state.epoch = cfg.start_epoch
 
     train_model: nn.Module = model
     if info.enabled:
@@ -561,10 +592,10 @@ def _train(args: argparse.Namespace, task: Any, info: DistInfo, stop_signals: St
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
                           find_unused_parameters=True)
 
-    datamodule = PhoneDataModule(args, output_downsampling_factor=task.output_downsampling_factor)
+    datamodule = PhoneDataModule(data, output_downsampling_factor=task.output_downsampling_factor)
     try:
         train_dl = datamodule.train_dataloader(tokenizer, sampler_state_dict=sampler_state)
-        dev_dl = datamodule.dev_dataloader(tokenizer) if getattr(args, "dev_shar", None) else None
+        dev_dl = datamodule.dev_dataloader(tokenizer) if data.dev_shar else None
     except SamplerStateError as e:  # resumed with another --seed or --world-size
         raise SystemExit(f"{resume_path}: {e}") from None
     except FileNotFoundError as e:  # a shard named in a Shar folder that is gone
@@ -574,40 +605,40 @@ def _train(args: argparse.Namespace, task: Any, info: DistInfo, stop_signals: St
             dl.worker_init_fn = _WorkerIgnoresStopSignals(dl.worker_init_fn)
     if info.is_main:
         # only now, with the checkpoint loaded and the data open: a refused start leaves the exp dir as it was
-        _write_model_card(args.exp_dir, model, task, tokenizer, num_params)
+        _write_model_card(cfg.exp_dir, model, task, tokenizer, num_params)
 
-    monitor = Monitor(args.exp_dir, info.is_main, args.tensorboard, args.wandb_project if args.wandb else None,
+    monitor = Monitor(cfg.exp_dir, info.is_main, cfg.tensorboard, cfg.wandb_project if cfg.wandb else None,
                       {k: str(v) for k, v in vars(args).items()})
-    if device.type == "cuda" and args.scan_pessimistic_batches and resume_path is None:
-        _scan_pessimistic_batches(train_model, train_dl, task, args, device, optimizer)
+    if device.type == "cuda" and cfg.scan_pessimistic_batches and resume_path is None:
+        _scan_pessimistic_batches(train_model, train_dl, task, args, cfg, device, optimizer)
 
     # the clock runs over resumes: --max-minutes and the cool-down count all the time spent training
     start_time = time.time() - 60.0 * state.train_minutes
-    stop = budget_progress(state.batch_idx_train, state.train_minutes, args) == 1.0
+    stop = budget_progress(state.batch_idx_train, state.train_minutes, cfg) == 1.0
     if stop:
         log.info("The budget (--max-batches / --max-minutes) is already spent at batch %d; nothing to train",
                  state.batch_idx_train)
     try:
-        while state.epoch <= args.num_epochs and not stop:
+        while state.epoch <= cfg.num_epochs and not stop:
             scheduler.step_epoch(state.epoch - 1)
             if sampler_state is None:
-                fix_random_seed(args.seed + state.epoch + 1000 * info.rank)
+                fix_random_seed(cfg.seed + state.epoch + 1000 * info.rank)
                 if hasattr(train_dl.sampler, "set_epoch"):
                     train_dl.sampler.set_epoch(state.epoch - 1)
             # else: a resumed epoch goes on from the checkpoint's sampler position (each step seeds its RNGs)
             sampler_state = None
             stop = _train_one_epoch(
-                args, task, info, device, train_model, model_avg, optimizer, scheduler, scaler,
+                args, cfg, task, info, device, train_model, model_avg, optimizer, scheduler, scaler,
                 train_dl, dev_dl, monitor, state, start_time, ckpt, tokenizer,
                 stop_signals=stop_signals,
             )
             if not stop:
-                if dev_dl is not None and args.valid_every_epoch:
-                    validate(args, task, info, device, train_model, dev_dl, monitor, state, tokenizer)
+                if dev_dl is not None and cfg.valid_every_epoch:
+                    validate(args, cfg, task, info, device, train_model, dev_dl, monitor, state, tokenizer)
                 ranks_modules = _gather_rank_states(train_dl, model)
                 if info.is_main:
                     _save_or_exit(
-                        args, args.exp_dir / f"epoch-{state.epoch}.pt", model=model, model_avg=model_avg,
+                        cfg, cfg.exp_dir / f"epoch-{state.epoch}.pt", model=model, model_avg=model_avg,
                         optimizer=optimizer, scheduler=scheduler, scaler=scaler, sampler=None,
                         params={"train_state": _next_epoch_state(state),
                                 "module_state": adaptive_module_state(model),
@@ -615,10 +646,10 @@ def _train(args: argparse.Namespace, task: Any, info: DistInfo, stop_signals: St
                     )
                 state.epoch += 1
         # the newest state always ends up on disk, so nothing done is lost when the run stops early
-        final = args.exp_dir / f"checkpoint-{state.batch_idx_train}.pt"
+        final = cfg.exp_dir / f"checkpoint-{state.batch_idx_train}.pt"
         ranks_modules = _gather_rank_states(train_dl, model)
         if info.is_main and state.batch_idx_train > 0 and not final.exists():
-            _save_batch_checkpoint(args, state, model, model_avg, optimizer, scheduler, scaler, train_dl, ckpt,
+            _save_batch_checkpoint(cfg, state, model, model_avg, optimizer, scheduler, scaler, train_dl, ckpt,
                                    ranks_modules)
         # no rank ends before rank 0 has saved (a rank that exits with status 3 first would get the others
         # terminated by the spawning parent)
@@ -666,19 +697,19 @@ def _next_epoch_state(state: TrainState) -> dict:
     return d
 
 
-def _find_resume_checkpoint(args, ckpt) -> Path | None:
-    if args.start_batch > 0:
-        path = args.exp_dir / f"checkpoint-{args.start_batch}.pt"
+def _find_resume_checkpoint(cfg: TrainingConfig, ckpt) -> Path | None:
+    if cfg.start_batch > 0:
+        path = cfg.exp_dir / f"checkpoint-{cfg.start_batch}.pt"
         if not path.is_file():
-            raise SystemExit(f"--start-batch {args.start_batch}: {path} does not exist")
+            raise SystemExit(f"--start-batch {cfg.start_batch}: {path} does not exist")
         return path
-    if args.start_epoch > 1:
-        path = args.exp_dir / f"epoch-{args.start_epoch - 1}.pt"
+    if cfg.start_epoch > 1:
+        path = cfg.exp_dir / f"epoch-{cfg.start_epoch - 1}.pt"
         if not path.is_file():
-            raise SystemExit(f"--start-epoch {args.start_epoch}: {path} does not exist")
+            raise SystemExit(f"--start-epoch {cfg.start_epoch}: {path} does not exist")
         return path
-    if args.auto_resume:
-        return ckpt.latest_checkpoint(args.exp_dir)
+    if cfg.auto_resume:
+        return ckpt.latest_checkpoint(cfg.exp_dir)
     return None
 
 
@@ -699,16 +730,16 @@ def _init_weights_from(model: nn.Module, path: Path) -> None:
         log.info("Not loaded from %s: %s", path, ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
 
 
-def _save_batch_checkpoint(args, state, model, model_avg, optimizer, scheduler, scaler, train_dl, ckpt,
-                           ranks_modules: list | None = None) -> None:
-    path = args.exp_dir / f"checkpoint-{state.batch_idx_train}.pt"
+def _save_batch_checkpoint(cfg: TrainingConfig, state, model, model_avg, optimizer, scheduler, scaler, train_dl,
+                           ckpt, ranks_modules: list | None = None) -> None:
+    path = cfg.exp_dir / f"checkpoint-{state.batch_idx_train}.pt"
     sampler = train_dl.sampler if hasattr(train_dl.sampler, "state_dict") else None
     _save_or_exit(
-        args, path, model=model, model_avg=model_avg, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+        cfg, path, model=model, model_avg=model_avg, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
         sampler=sampler, params={"train_state": state.to_dict(), "module_state": adaptive_module_state(model),
                                  **({"module_state_ranks": ranks_modules} if ranks_modules else {})},
     )
-    ckpt.remove_old_checkpoints(args.exp_dir, args.keep_last_k)
+    ckpt.remove_old_checkpoints(cfg.exp_dir, cfg.keep_last_k)
     log.info("Saved %s", path)
 
 
@@ -725,7 +756,7 @@ def _gather_rank_states(train_dl, model: nn.Module) -> list[dict[str, float]] | 
     return [r["modules"] for r in every] if len(every) > 1 else None
 
 
-def _save_or_exit(args, path: Path, **kwargs: Any) -> None:
+def _save_or_exit(cfg: TrainingConfig, path: Path, **kwargs: Any) -> None:
     """``save_checkpoint``, with a full disk turned into one line (SystemExit) that says what could not be
     written and which checkpoint is intact (the save is atomic, so nothing older was touched)."""
     from anyphone.weights import checkpoint as ckpt
@@ -736,23 +767,23 @@ def _save_or_exit(args, path: Path, **kwargs: Any) -> None:
         if not is_disk_full(e):
             raise
         if path.name.startswith(("checkpoint-", "epoch-")):
-            prev = ckpt.latest_checkpoint(args.exp_dir)
+            prev = ckpt.latest_checkpoint(cfg.exp_dir)
             kept = (f"the previous checkpoint {prev} is intact" if prev is not None
-                    else f"there is no earlier checkpoint in {args.exp_dir}")
+                    else f"there is no earlier checkpoint in {cfg.exp_dir}")
         else:
             kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
         raise SystemExit(f"{path}: could not be written: no space left on device; {kept}. Free some space "
                          "and run the same command again to continue from it") from None
 
 
-def _check_data_dirs(args: argparse.Namespace) -> None:
+def _check_data_dirs(data: DataConfig) -> None:
     """One line for a --train-shar / --dev-shar folder that is missing or holds no shards, before any work."""
     from anyphone.data.shar import parse_weighted_dir, shar_fields
 
-    if not args.train_shar:
+    if not data.train_shar:
         raise SystemExit("no training data: pass --train-shar DIR[:WEIGHT] at least once")
-    specs = [("--train-shar", s) for s in args.train_shar]
-    specs += [("--dev-shar", s) for s in (getattr(args, "dev_shar", None) or [])]
+    specs = [("--train-shar", s) for s in data.train_shar]
+    specs += [("--dev-shar", s) for s in data.dev_shar]
     for flag, spec in specs:
         try:
             shar_fields(parse_weighted_dir(spec)[0] if flag == "--train-shar" else spec)
@@ -761,7 +792,7 @@ def _check_data_dirs(args: argparse.Namespace) -> None:
 
 
 def _train_one_epoch(
-    args, task, info, device, train_model, model_avg, optimizer, scheduler, scaler,
+    args, cfg: TrainingConfig, task, info, device, train_model, model_avg, optimizer, scheduler, scaler,
     train_dl, dev_dl, monitor, state: TrainState, start_time: float, ckpt,
     tokenizer=None, stop_signals: StopSignals | None = None,
 ) -> bool:
@@ -775,23 +806,23 @@ def _train_one_epoch(
     # ranks reading their own shards hold different numbers of batches: the epoch ends for all at once
     for batch in agree_on_batches(train_dl, device):
         state.batch_idx_train += 1
-        seed_step_rngs(args.seed, info.rank, state.batch_idx_train)
+        seed_step_rngs(cfg.seed, info.rank, state.batch_idx_train)
         state.train_minutes = (time.time() - start_time) / 60
-        set_batch_count(model, adjusted_batch_count(state.batch_idx_train, args))
-        if args.cooldown_fraction > 0:
+        set_batch_count(model, adjusted_batch_count(state.batch_idx_train, cfg))
+        if cfg.cooldown_fraction > 0:
             # every rank must set the same rate, so they share the slowest clock
-            minutes = all_reduce_max(state.train_minutes, device) if args.max_minutes > 0 else 0.0
-            progress = budget_progress(state.batch_idx_train - 1, minutes, args)
-            scheduler.set_budget_factor(cooldown_factor(progress, args.cooldown_fraction))
+            minutes = all_reduce_max(state.train_minutes, device) if cfg.max_minutes > 0 else 0.0
+            progress = budget_progress(state.batch_idx_train - 1, minutes, cfg)
+            scheduler.set_budget_factor(cooldown_factor(progress, cfg.cooldown_fraction))
         batch = move_batch(batch, device)
-        last_in_step = state.batch_idx_train % args.accum_grad == 0
+        last_in_step = state.batch_idx_train % cfg.accum_grad == 0
         sync = nullcontext() if (last_in_step or not info.enabled) else train_model.no_sync()
         with sync:
-            with autocast_context(args, device):
+            with autocast_context(cfg, device):
                 loss, loss_info = task.compute_loss(train_model, batch, args, state.batch_idx_train, True)
             finite = all_ranks_true(bool(torch.isfinite(loss).item()), device)
             if finite:
-                scaler.scale(loss / args.accum_grad).backward()
+                scaler.scale(loss / cfg.accum_grad).backward()
             elif info.enabled:
                 # Every rank must still join the gradient all-reduce: back-propagate an exact zero instead.
                 zero = sum((p * 0.0).sum() for p in train_model.parameters())
@@ -803,7 +834,7 @@ def _train_one_epoch(
             log.warning("Batch %d: non-finite loss (%s), skipped (%d in a row, %d in all); cuts: %s",
                         state.batch_idx_train, loss.item(), state.bad_in_a_row, state.bad_total,
                         ", ".join(batch.get("cut_ids", [])[:5]))
-            if state.bad_in_a_row >= args.max_bad_batches:
+            if state.bad_in_a_row >= cfg.max_bad_batches:
                 raise RuntimeError(
                     f"{state.bad_in_a_row} batches in a row gave a non-finite loss (last at batch "
                     f"{state.batch_idx_train}); stopping. Try a lower --base-lr, --use-fp16 0, or check the data."
@@ -828,21 +859,21 @@ def _train_one_epoch(
                 if k.endswith("_loss"):
                     terms[k] = terms.get(k, 0.0) + float(v)
 
-        if info.is_main and state.batch_idx_train % args.average_period == 0:
-            ckpt.update_averaged_model(model, model_avg, args.average_period, state.batch_idx_train)
+        if info.is_main and state.batch_idx_train % cfg.average_period == 0:
+            ckpt.update_averaged_model(model, model_avg, cfg.average_period, state.batch_idx_train)
 
-        if state.batch_idx_train % args.log_interval == 0:
+        if state.batch_idx_train % cfg.log_interval == 0:
             elapsed = time.time() - window_start
             throughput = window_audio * info.world_size / max(elapsed, 1e-9)
             loss_pf = tot["loss"] / max(tot["frames"], 1.0)
             lr = scheduler.get_last_lr()[0]
-            scale = f", grad scale {scaler.get_scale():.1f}" if args.use_fp16 else ""
+            scale = f", grad scale {scaler.get_scale():.1f}" if cfg.use_fp16 else ""
             extra = ", ".join(f"{k} {v / max(tot['frames'], 1.0):.4f}" for k, v in terms.items())
             log.info(
                 "Epoch %d, batch %d: loss %.4f per frame (%s), lr %.2e%s, %.0f s of audio per second, "
                 "%.1f min elapsed%s",
                 state.epoch, state.batch_idx_train, loss_pf, extra, lr, scale, throughput,
-                (time.time() - start_time) / 60, budget_eta(args, state.batch_idx_train, elapsed, window_batches),
+                (time.time() - start_time) / 60, budget_eta(cfg, state.batch_idx_train, elapsed, window_batches),
             )
             window_batches = 0
             monitor.log("train", state.batch_idx_train,
@@ -852,28 +883,28 @@ def _train_one_epoch(
             terms = {}
             window_start, window_audio = time.time(), 0.0
 
-        if dev_dl is not None and state.batch_idx_train % args.valid_interval == 0:
-            validate(args, task, info, device, train_model, dev_dl, monitor, state, tokenizer)
+        if dev_dl is not None and state.batch_idx_train % cfg.valid_interval == 0:
+            validate(args, cfg, task, info, device, train_model, dev_dl, monitor, state, tokenizer)
             model.train()
 
-        if state.batch_idx_train % args.save_every_n == 0:
+        if state.batch_idx_train % cfg.save_every_n == 0:
             ranks_modules = _gather_rank_states(train_dl, model)  # every rank takes part; rank 0 saves them
-        if info.is_main and state.batch_idx_train % args.save_every_n == 0:
-            _save_batch_checkpoint(args, state, model, model_avg, optimizer, scheduler, scaler, train_dl, ckpt,
+        if info.is_main and state.batch_idx_train % cfg.save_every_n == 0:
+            _save_batch_checkpoint(cfg, state, model, model_avg, optimizer, scheduler, scaler, train_dl, ckpt,
                                    ranks_modules)
-        if args.save_every_n > 0 and state.batch_idx_train % args.save_every_n == 0:
+        if cfg.save_every_n > 0 and state.batch_idx_train % cfg.save_every_n == 0:
             barrier()
 
         state.train_minutes = (time.time() - start_time) / 60
-        out_of_batches = args.max_batches > 0 and state.batch_idx_train >= args.max_batches
-        out_of_time = args.max_minutes > 0 and state.train_minutes >= args.max_minutes
+        out_of_batches = cfg.max_batches > 0 and state.batch_idx_train >= cfg.max_batches
+        out_of_time = cfg.max_minutes > 0 and state.train_minutes >= cfg.max_minutes
         signalled = stop_signals is not None and stop_signals.received is not None
         # one collective for both, so every rank stops at the same step whichever rank had the reason
         budget_spent, stop_requested = any_rank([out_of_batches or out_of_time, signalled], device)
         if budget_spent:
             log.info("Stopping: %s", "--max-batches reached" if out_of_batches else "--max-minutes reached")
-            if dev_dl is not None and state.batch_idx_train % args.valid_interval != 0:
-                validate(args, task, info, device, train_model, dev_dl, monitor, state, tokenizer)
+            if dev_dl is not None and state.batch_idx_train % cfg.valid_interval != 0:
+                validate(args, cfg, task, info, device, train_model, dev_dl, monitor, state, tokenizer)
             return True
         if stop_requested:
             stop_signals.stopping = True
@@ -884,8 +915,10 @@ def _train_one_epoch(
 
 
 @torch.no_grad()
-def validate(args, task, info, device, train_model, dev_dl, monitor, state, tokenizer=None) -> dict[str, float]:
-    """Loss per frame and phone error rate (greedy decoding) on the dev set, summed over ranks."""
+def validate(args, cfg: TrainingConfig, task, info, device, train_model, dev_dl, monitor, state,
+             tokenizer=None) -> dict[str, float]:
+    """Loss per frame and phone error rate (greedy decoding) on the dev set, summed over ranks. ``args`` go to
+    the task; the loop's knobs come from ``cfg``."""
     from anyphone.decoding.scoring import ErrorStats, utterance_stats
 
     model = unwrap(train_model)
@@ -894,7 +927,7 @@ def validate(args, task, info, device, train_model, dev_dl, monitor, state, toke
     stats = ErrorStats()
     for batch in dev_dl:
         batch = move_batch(batch, device)
-        with autocast_context(args, device):
+        with autocast_context(cfg, device):
             loss, loss_info = task.compute_loss(model, batch, args, state.batch_idx_train, False)
         if torch.isfinite(loss):
             tot_loss += float(loss)
@@ -912,15 +945,15 @@ def validate(args, task, info, device, train_model, dev_dl, monitor, state, toke
     monitor.log("valid", state.batch_idx_train, result)
     if info.is_main:
         monitor.plot()
-        if improved and getattr(args, "keep_best", True):
+        if improved and cfg.keep_best:
             # the best weights so far, as a plain state_dict that decode --checkpoint and load_model read
-            _save_or_exit(args, args.exp_dir / "best-valid.pt", model=model,
+            _save_or_exit(cfg, cfg.exp_dir / "best-valid.pt", model=model,
                           params={"train_state": state.to_dict(), "valid": result})
-            log.info("New best dev PER: saved %s", args.exp_dir / "best-valid.pt")
+            log.info("New best dev PER: saved %s", cfg.exp_dir / "best-valid.pt")
     return result
 
 
-def _scan_pessimistic_batches(train_model, train_dl, task, args, device, optimizer) -> None:
+def _scan_pessimistic_batches(train_model, train_dl, task, args, cfg: TrainingConfig, device, optimizer) -> None:
     """Run forward+backward on the longest and the most numerous batches before training starts (GPU only), so
     an out-of-memory error appears in the first minute with advice instead of hours into the run."""
     from lhotse.dataset import find_pessimistic_batches
@@ -935,7 +968,7 @@ def _scan_pessimistic_batches(train_model, train_dl, task, args, device, optimiz
     for name, cuts in batches.items():
         batch = move_batch(train_dl.dataset[cuts], device)
         try:
-            with autocast_context(args, device):
+            with autocast_context(cfg, device):
                 loss, _ = task.compute_loss(train_model, batch, args, 0, True)
             loss.backward()
             optimizer.zero_grad(set_to_none=True)

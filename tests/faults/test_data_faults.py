@@ -341,8 +341,10 @@ def test_corrupt_tar_shard_named_skipped_counted(tmp_path: Path, tok, caplog):
         got = _batch_ids(PhoneDataModule(_args("--train-shar", str(tmp_path / "shar"))).train_dataloader(tok))
     assert set(ids[:2] + ids[4:]) <= set(got) and ids[3] not in got
     bad = [r.getMessage() for r in caplog.records if "bad shard" in r.getMessage()]
-    assert len(bad) == 1 and f"bad shard, skipped: {tar}: ReadError" in bad[0]
-    assert "(1 bad shard(s) so far, --max-bad-shards 10)" in bad[0]
+    # the source, the file that failed and why: the same format as a remote shard's (tests/test_remote_shards.py)
+    assert len(bad) == 1 and bad[0].startswith(f"bad shard, skipped: {tmp_path / 'shar'}: recording.000001.tar: "
+                                               "ReadError")
+    assert bad[0].endswith("(1 bad shard(s) so far, --max-bad-shards 10)")
 
     # a shard cut short at a member boundary raises nothing in tarfile; it is caught by the count
     with tarfile.open(tmp_path / "shar" / "recording.000002.tar") as tf:
@@ -353,8 +355,23 @@ def test_corrupt_tar_shard_named_skipped_counted(tmp_path: Path, tok, caplog):
         _batch_ids(PhoneDataModule(_args("--train-shar", str(tmp_path / "shar"), "--max-bad-shards", "1"))
                    .train_dataloader(tok))
     msg = _one_line(e)
-    assert msg.startswith("2 shards cannot be read, more than --max-bad-shards 1")
-    assert f"{t2}: holds 1 of the 2 cuts of" in msg and "(truncated)" in msg
+    shar = tmp_path / "shar"
+    assert msg == (f"2 shards cannot be read, more than --max-bad-shards 1: {shar}: cuts.000001.jsonl.gz, "
+                   f"cuts.000002.jsonl.gz (the last: {shar}: {t2.name}: holds 1 of the 2 cuts of "
+                   "cuts.000002.jsonl.gz (truncated))")
+
+
+def test_a_source_with_no_readable_shard_stops_instead_of_looping(tmp_path: Path):
+    """A repeated stream over a folder whose every shard is damaged would loop forever without a cut: it stops
+    in one line naming the folder and its last bad shard, as a remote source does (tests/test_remote_shards.py)."""
+    shar = tmp_path / "shar"
+    _shar(shar, TEXTS[:4], shard_size=2)  # 2 shards
+    for k in (0, 1):
+        (shar / f"recording.{k:06d}.tar").write_bytes(b"\x00not a tar header" * 64)
+    with pytest.raises(TooManyBadShardsError) as e:
+        next(iter(open_shar(shar, repeat=True)))
+    assert _one_line(e).startswith(f"{shar}: no cut could be read from its 2 shard(s) (2 bad); the last: "
+                                   "recording.000001.tar: ReadError")
 
 
 def test_empty_train_shar_folder_is_one_line(tmp_path: Path, tok):
