@@ -21,19 +21,16 @@ import numpy as np
 import torch
 from lhotse.features.kaldi.layers import Wav2LogFilterBank
 
-from anyphone.data.fbank_options import FRAME_SHIFT_SAMPLES, NUM_MEL_BINS, SAMPLE_RATE, ZIPA_FBANK_OPTIONS
+from anyphone.data.fbank_options import (
+    FRAME_SHIFT_SAMPLES,
+    NUM_MEL_BINS,
+    SAMPLE_RATE,
+    ZIPA_FBANK_OPTIONS,
+    num_frames,
+)
 
 __all__ = ["FRAME_SHIFT_SAMPLES", "NUM_MEL_BINS", "SAMPLE_RATE", "ZIPA_FBANK_OPTIONS", "FbankModule", "compute_fbank",
            "num_frames", "pad_waves"]
-
-
-def num_frames(num_samples: int | torch.Tensor) -> int | torch.Tensor:
-    """Frames produced for ``num_samples`` samples at 16 kHz with ``snip_edges=False``.
-
-    Equals ``(num_samples + 80) // 160``, i.e. ``num_samples / 160`` rounded half up
-    (lhotse's ``compute_num_frames_from_samples``). Works on ints and int tensors.
-    """
-    return (num_samples + FRAME_SHIFT_SAMPLES // 2) // FRAME_SHIFT_SAMPLES
 
 
 class FbankModule(torch.nn.Module):

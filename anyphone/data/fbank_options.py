@@ -4,6 +4,10 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+_Count = TypeVar("_Count")  # an int, or an int tensor / array
+
 SAMPLE_RATE = 16000
 FRAME_SHIFT_SAMPLES = 160  # 10 ms at 16 kHz
 NUM_MEL_BINS = 80
@@ -30,3 +34,9 @@ ZIPA_FBANK_OPTIONS = {
     "norm_filters": False,
     "torchaudio_compatible_mel_scale": True,
 }
+
+
+def num_frames(num_samples: _Count) -> _Count:
+    """Frames for ``num_samples`` samples at 16 kHz with ``snip_edges=False``: ``(num_samples + 80) // 160``, i.e.
+    ``num_samples / 160`` rounded half up (lhotse's ``compute_num_frames_from_samples``); ints or int arrays."""
+    return (num_samples + FRAME_SHIFT_SAMPLES // 2) // FRAME_SHIFT_SAMPLES

@@ -5,45 +5,57 @@ Both take a model with ``decoder`` (stateless, ``blank_id``, ``context_size``) a
 return N lists of token ids, or :class:`TransducerHypothesis` (ids, frame indices, score) with
 ``return_timestamps=True``.  The initial context is ``[-1] * (context_size - 1) + [blank]``; only
 blank is non-emitting (``unk_id`` is not suppressed unless given, as in ZIPA, whose model has no
-``unk_id``).
+``unk_id``).  The greedy search is :func:`anyphone.decoding.greedy_loop.greedy_transducer_search`
+(the one loop the ONNX runtime and the recogniser use too) over the model's :func:`torch_steps`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["TransducerHypothesis", "greedy_search", "greedy_search_batch", "modified_beam_search"]
+from anyphone.decoding.greedy_loop import TransducerHypothesis, greedy_transducer_search, transducer_lengths
+
+__all__ = ["TransducerHypothesis", "greedy_search", "greedy_search_batch", "modified_beam_search", "torch_steps"]
 
 _FILE = "anyphone/decoding/transducer.py"
 
 
-class TransducerHypothesis(NamedTuple):
-    tokens: list[int]
-    timestamps: list[int]  # encoder frame index of each token (25 Hz for ZIPA transducers)
-    score: float  # log-probability (beam search) or sum of chosen-token log-probs (greedy)
-
-
 def _check(encoder_out: Tensor, encoder_out_lens: Tensor) -> list[int]:
-    if encoder_out.ndim != 3:
-        raise ValueError(f"{_FILE}: encoder_out must be (N, T, C), got {tuple(encoder_out.shape)}")
-    lens = [int(v) for v in torch.as_tensor(encoder_out_lens).tolist()]
-    if len(lens) != encoder_out.shape[0] or any(not 0 <= v <= encoder_out.shape[1] for v in lens):
-        raise ValueError(f"{_FILE}: encoder_out_lens {lens} do not fit encoder_out {tuple(encoder_out.shape)}")
-    return lens
+    return transducer_lengths(tuple(encoder_out.shape), torch.as_tensor(encoder_out_lens).tolist(), _FILE)
 
 
-def _decoder_proj(model, contexts: list[list[int]], device: torch.device) -> Tensor:
+def _decoder_proj(model, contexts: list[list[int]] | np.ndarray, device: torch.device) -> Tensor:
     """contexts: H lists of context_size ids -> projected decoder output (H, joiner_dim)."""
-    y = torch.tensor(contexts, dtype=torch.int64, device=device)
+    y = torch.as_tensor(np.asarray(contexts, dtype=np.int64), device=device)
     return model.joiner.decoder_proj(model.decoder(y, need_pad=False)).squeeze(1)
 
 
 def _skip(token: int, blank_id: int, unk_id: int | None) -> bool:
     return token == blank_id or (unk_id is not None and token == unk_id)
+
+
+def torch_steps(model, device: torch.device | str) -> tuple[Callable[[np.ndarray], Tensor],
+                                                             Callable[[Tensor, Tensor], np.ndarray]]:
+    """A PyTorch transducer's (decoder, joiner) steps for :func:`greedy_transducer_search`: ``decoder`` takes
+    int64 contexts (E, context_size) as numpy and gives the projected decoder output (E, J) on ``device``;
+    ``joiner`` takes projected encoder frames and decoder outputs (A, J) and gives float32 logits (A, V) as
+    numpy."""
+    device = torch.device(device)
+
+    @torch.no_grad()
+    def decoder(contexts: np.ndarray) -> Tensor:
+        return _decoder_proj(model, contexts, device)
+
+    @torch.no_grad()
+    def joiner(enc: Tensor, dec: Tensor) -> np.ndarray:
+        return model.joiner(enc, dec, project_input=False).float().cpu().numpy()
+
+    return decoder, joiner
 
 
 @torch.no_grad()
@@ -59,42 +71,12 @@ def greedy_search_batch(model, encoder_out: Tensor, encoder_out_lens: Tensor, ma
     if max_sym_per_frame < 1:
         raise ValueError(f"{_FILE}: max_sym_per_frame={max_sym_per_frame}, expected >= 1")
     lens = _check(encoder_out, encoder_out_lens)
-    device = encoder_out.device
-    blank_id, ctx = model.decoder.blank_id, model.decoder.context_size
-    n = encoder_out.shape[0]
-    hyps = [[-1] * (ctx - 1) + [blank_id] for _ in range(n)]
-    stamps: list[list[int]] = [[] for _ in range(n)]
-    scores = [0.0] * n
-    enc = model.joiner.encoder_proj(encoder_out)  # (N, T, J)
-    dec = _decoder_proj(model, hyps, device)  # (N, J)
-    for t in range(max(lens, default=0)):
-        active = [i for i in range(n) if lens[i] > t]
-        for _ in range(max_sym_per_frame):
-            idx = torch.tensor(active, device=device)
-            logits = model.joiner(enc[idx, t], dec[idx], project_input=False)  # (A, V)
-            if blank_penalty:
-                logits[:, blank_id] -= blank_penalty
-            best = logits.argmax(dim=-1).tolist()
-            if return_timestamps:
-                logp = logits.float().log_softmax(-1)[torch.arange(len(active)), best].tolist()
-            emitted = []
-            for j, (i, v) in enumerate(zip(active, best)):
-                if return_timestamps:
-                    scores[i] += logp[j]
-                if not _skip(v, blank_id, unk_id):
-                    hyps[i].append(v)
-                    stamps[i].append(t)
-                    emitted.append(i)
-            if not emitted:
-                break
-            new = _decoder_proj(model, [hyps[i][-ctx:] for i in emitted], device)
-            dec = dec.clone()
-            dec[torch.tensor(emitted, device=device)] = new
-            active = emitted
-    tokens = [h[ctx:] for h in hyps]
-    if return_timestamps:
-        return [TransducerHypothesis(tokens[i], stamps[i], scores[i]) for i in range(n)]
-    return tokens
+    decoder, joiner = torch_steps(model, encoder_out.device)
+    hyps = greedy_transducer_search(
+        decoder, joiner, model.joiner.encoder_proj(encoder_out), lens, blank_id=model.decoder.blank_id,
+        context_size=model.decoder.context_size, max_sym_per_frame=max_sym_per_frame, blank_penalty=blank_penalty,
+        unk_id=unk_id).hyps
+    return hyps if return_timestamps else [h.tokens for h in hyps]
 
 
 greedy_search = greedy_search_batch

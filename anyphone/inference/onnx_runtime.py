@@ -15,19 +15,21 @@ Features reproduce ZIPA's batched front end (lhotse ``Fbank().extract_batch`` + 
 waves are zero-padded to the longest one *before* the fbank (which changes the last two frames of
 shorter items, exactly as in ZIPA), each item keeps ``round(num_samples / 160)`` frames, and the
 feature batch is padded with 0.0.  Decoding is greedy: CTC argmax/collapse/drop blank, or transducer
-greedy search with at most one symbol per frame and initial context ``[-1, ..., -1, blank]``.
+greedy search (:mod:`anyphone.decoding.greedy_loop`, the loop of the PyTorch models too) with at most one
+symbol per frame and initial context ``[-1, ..., -1, blank]``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from anyphone.data.fbank_options import FRAME_SHIFT_SAMPLES as _FRAME_SHIFT
-from anyphone.data.fbank_options import SAMPLE_RATE
+from anyphone.data.fbank_options import NUM_MEL_BINS, SAMPLE_RATE, num_frames
+from anyphone.decoding.greedy_loop import greedy_transducer_search
+from anyphone.text.tokenizer import IpaTokenizer
 
 __all__ = [
     "OnnxCtcRecognizer",
@@ -37,10 +39,9 @@ __all__ = [
     "fbank_batch",
     "make_session",
     "num_frames",
+    "onnx_steps",
     "read_model_metadata",
 ]
-
-_SILENT_TOKENS = ("<blk>", "<sos/eos>", "<unk>", "▁")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,62 +49,18 @@ _SILENT_TOKENS = ("<blk>", "<sos/eos>", "<unk>", "▁")
 # ---------------------------------------------------------------------------------------------
 
 
-class TokenTable:
-    """``tokens.txt`` reader (``<symbol> <id>`` per line); ``decode`` drops <blk>, <sos/eos>, <unk>
-    and ``▁``, like :class:`anyphone.text.tokenizer.IpaTokenizer`."""
-
-    def __init__(self, id2token: Sequence[str], source: str = "<memory>") -> None:
-        self.id2token = list(id2token)
-        self.source = source
-        self._silent = {i for i, t in enumerate(self.id2token) if t in _SILENT_TOKENS}
+class TokenTable(IpaTokenizer):
+    """An exported model's ``tokens.txt`` (``<symbol> <id>`` per line): :class:`IpaTokenizer`, whose ``decode``
+    drops <blk>, <sos/eos>, <unk> and ``▁``; ``from_file`` is the runtime's name for ``from_tokens_file``."""
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TokenTable:
-        path = Path(path)
-        table: dict[int, str] = {}
-        try:
-            # read_text turns \r\n into \n as open() did; split on "\n" only, since a token symbol may itself be
-            # a character that str.splitlines() breaks at
-            lines = path.read_text(encoding="utf-8").split("\n")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); expected '<symbol> <id>' "
-                             "lines") from None
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            # the symbol may itself be a space-like character, so split on the LAST space
-            sym, sep, idx = line.rpartition(" ")
-            if not sep or not idx.isdigit():
-                raise ValueError(f"{path}:{lineno}: {line!r} is not '<symbol> <id>'")
-            table[int(idx)] = sym
-        n = len(table)
-        if sorted(table) != list(range(n)):
-            raise ValueError(f"{path}: token ids are not 0..{n - 1} without gaps")
-        return cls([table[i] for i in range(n)], str(path))
-
-    def __len__(self) -> int:
-        return len(self.id2token)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        n = len(self.id2token)
-        out = []
-        for i in ids:
-            i = int(i)
-            if not 0 <= i < n:
-                raise ValueError(f"token id {i} out of range, expected 0..{n - 1} ({self.source})")
-            if i not in self._silent:
-                out.append(self.id2token[i])
-        return "".join(out)
+        return cls.from_tokens_file(path)
 
 
 # ---------------------------------------------------------------------------------------------
 # Features
 # ---------------------------------------------------------------------------------------------
-
-
-def num_frames(num_samples: int) -> int:
-    """Frames for ``num_samples`` at 16 kHz with snip_edges=False: round(num_samples / 160), half up."""
-    return (int(num_samples) + _FRAME_SHIFT // 2) // _FRAME_SHIFT
 
 
 def _fbank_options():
@@ -144,7 +101,7 @@ def _fbank_one(wave: np.ndarray, opts) -> np.ndarray:
     f.accept_waveform(SAMPLE_RATE, wave.tolist())
     f.input_finished()
     n = f.num_frames_ready
-    out = np.empty((n, 80), dtype=np.float32)
+    out = np.empty((n, NUM_MEL_BINS), dtype=np.float32)
     for i in range(n):
         out[i] = f.get_frame(i)
     return out
@@ -162,7 +119,7 @@ def fbank_batch(waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     longest = max(w.size for w in waves)
     lens = np.array([num_frames(w.size) for w in waves], dtype=np.int64)
     opts = _fbank_options()
-    feats = np.zeros((len(waves), int(lens.max()), 80), dtype=np.float32)
+    feats = np.zeros((len(waves), int(lens.max()), NUM_MEL_BINS), dtype=np.float32)
     for i, w in enumerate(waves):
         if w.size < longest:
             w = np.concatenate((w, np.zeros(longest - w.size, np.float32)))
@@ -268,6 +225,22 @@ def ctc_greedy_ids(log_probs: np.ndarray, lens: Sequence[int], blank_id: int = 0
     return out
 
 
+def onnx_steps(decoder_session, joiner_session) -> tuple[Callable[[np.ndarray], np.ndarray],
+                                                         Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+    """The (decoder, joiner) steps of :func:`anyphone.decoding.greedy_loop.greedy_transducer_search` for exported
+    ``decoder``/``joiner`` sessions: contexts (E, context_size) int64 -> projected decoder output (E, J), and
+    projected encoder frames, decoder outputs (A, J) -> logits (A, V)."""
+
+    def decoder(contexts: np.ndarray) -> np.ndarray:
+        return decoder_session.run(None, {"y": np.ascontiguousarray(contexts, dtype=np.int64)})[0]
+
+    def joiner(enc: np.ndarray, dec: np.ndarray) -> np.ndarray:
+        return joiner_session.run(None, {"encoder_out": np.ascontiguousarray(enc, dtype=np.float32),
+                                         "decoder_out": np.ascontiguousarray(dec, dtype=np.float32)})[0]
+
+    return decoder, joiner
+
+
 def _prepare_waves(waves: Sequence[np.ndarray], sample_rate: int) -> list[np.ndarray]:
     if isinstance(waves, np.ndarray) and waves.ndim == 1:
         raise TypeError("recognize: pass a list of 1-D waves, not one wave")
@@ -363,34 +336,16 @@ class OnnxTransducerRecognizer:
         x = np.ascontiguousarray(x, dtype=np.float32)
         return tuple(self.encoder.run(None, {"x": x, "x_lens": np.asarray(x_lens, dtype=np.int64)}))
 
-    def _decoder(self, contexts: np.ndarray) -> np.ndarray:
-        return self.decoder.run(None, {"y": np.ascontiguousarray(contexts, dtype=np.int64)})[0]
-
-    def greedy_search(self, encoder_out: np.ndarray, lens: Sequence[int]) -> list[list[int]]:
-        """Batch greedy search, max one symbol per frame (ZIPA's ``greedy_search_batch``); <unk> is an
-        ordinary output.  encoder_out is the projected encoder output (N, T', J)."""
-        n = encoder_out.shape[0]
-        lens = [int(v) for v in lens]
-        ctx = np.full((n, self.context_size), -1, dtype=np.int64)
-        ctx[:, -1] = self.blank_id
-        dec = self._decoder(ctx)  # (N, J)
-        hyps: list[list[int]] = [[] for _ in range(n)]
-        for t in range(max(lens, default=0)):
-            active = np.array([i for i in range(n) if lens[i] > t], dtype=np.int64)
-            logits = self.joiner.run(None, {
-                "encoder_out": np.ascontiguousarray(encoder_out[active, t]),
-                "decoder_out": np.ascontiguousarray(dec[active]),
-            })[0]
-            best = logits.argmax(axis=-1)
-            emit = active[best != self.blank_id]
-            if emit.size == 0:
-                continue
-            for i, tok in zip(emit, best[best != self.blank_id]):
-                hyps[i].append(int(tok))
-            ctx[emit, :-1] = ctx[emit, 1:]
-            ctx[emit, -1] = best[best != self.blank_id]
-            dec[emit] = self._decoder(ctx[emit])
-        return hyps
+    def greedy_search(self, encoder_out: np.ndarray, lens: Sequence[int], max_sym_per_frame: int = 1,
+                      blank_penalty: float = 0.0) -> list[list[int]]:
+        """Batch greedy search (:func:`anyphone.decoding.greedy_loop.greedy_transducer_search`, the loop of the
+        PyTorch models too); by default ZIPA's ``greedy_search_batch``: one symbol per frame, no blank penalty.
+        <unk> is an ordinary output.  encoder_out is the projected encoder output (N, T', J)."""
+        decoder, joiner = onnx_steps(self.decoder, self.joiner)
+        out = greedy_transducer_search(decoder, joiner, encoder_out, lens, blank_id=self.blank_id,
+                                       context_size=self.context_size, max_sym_per_frame=max_sym_per_frame,
+                                       blank_penalty=blank_penalty)
+        return [h.tokens for h in out.hyps]
 
     def recognize_ids(self, waves: Sequence[np.ndarray], sample_rate: int = SAMPLE_RATE) -> list[list[int]]:
         x, x_lens = fbank_batch(_prepare_waves(waves, sample_rate))

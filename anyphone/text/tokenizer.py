@@ -61,22 +61,27 @@ def read_tokens(path: str | Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: tokens file not found (expected icefall 'token id' lines)")
     table: dict[int, str] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                continue
-            # split on the last space only: a token could in principle be a space-like symbol
-            token, sep, idx = line.rpartition(" ")
-            if not sep or not token or not idx.lstrip("-").isdigit():
-                raise ValueError(f"{path}:{lineno}: bad line {line!r}, expected 'token id'")
-            i = int(idx)
-            if i in table:
-                raise ValueError(f"{path}:{lineno}: id {i} given twice ({table[i]!r} and {token!r})")
-            table[i] = token
+    try:
+        # read_text turns \r\n and \r into \n; split on "\n" only, since a token may itself be a character that
+        # str.splitlines() breaks at (\x1c, \x85, \u2028, ...)
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); expected 'token id' lines") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        # split on the last space only: a token could in principle be a space-like symbol
+        token, sep, idx = line.rpartition(" ")
+        if not sep or not token or not idx.lstrip("-").isdigit():
+            raise ValueError(f"{path}:{lineno}: bad line {line!r}, expected 'token id'")
+        i = int(idx)
+        if i in table:
+            raise ValueError(f"{path}:{lineno}: id {i} given twice ({table[i]!r} and {token!r})")
+        table[i] = token
     if sorted(table) != list(range(len(table))):
         missing = sorted(set(range(len(table))) - set(table))[:5]
-        raise ValueError(f"{path}: ids are not contiguous from 0 (missing e.g. {missing}), expected 0..N-1")
+        raise ValueError(f"{path}: ids are not contiguous from 0 (missing e.g. {missing}); expected 0..N-1 "
+                         "without gaps")
     tokens = [table[i] for i in range(len(table))]
     if len(set(tokens)) != len(tokens):
         raise ValueError(f"{path}: duplicate tokens, expected each token once")
