@@ -8,11 +8,14 @@
 #
 #   ./run_demo.sh                                   # CR-CTC, 1600 batches of training
 #   ./run_demo.sh --recipe zipformer_transducer     # the pruned transducer instead
+#   ./run_demo.sh --family NAME                     # another family of anyphone.families' registry through the
+#                                                   # recipe (its decode method and blank penalty are the family's)
 set -euo pipefail
 cd "$(dirname "$0")"
 
 nj=2
 recipe=zipformer_crctc
+family=""  # default: the recipe's own family
 exp_dir=""
 max_batches=1600  # fixed work, not fixed time: a slower machine takes longer and gets the same model
 max_duration=60
@@ -22,7 +25,8 @@ lr_epochs=4
 cooldown_fraction=0.2
 save_every_n=150
 avg=1
-blank_penalty=""  # decode: subtracted from blank's score; default 0.5 for CR-CTC, 1.0 for the transducer (chosen on dev)
+blank_penalty=""  # decode: subtracted from blank's score; default: the family's recommended one (CR-CTC 0.5, the
+                  # transducer 1.0, chosen on dev)
 use_bf16=auto   # auto: bfloat16 autocast where the CPU computes it natively (AVX512-BF16 or AMX), else fp32
 hours=3
 languages=default
@@ -40,15 +44,22 @@ start=$(date +%s)
 
 ./prepare.sh --stage 0 --stop-stage 1 --nj "$nj" --hours "$hours" --languages "$languages" --python "$python"
 
+# the demo's tuned flags of each recipe's own family; another --family trains with its own defaults
 case "$recipe" in
-  zipformer_crctc) method=ctc-prefix-beam-search; blank_penalty=${blank_penalty:-0.5}
-    task_flags=(--time-mask-ratio 1.0 --cr-start-batch "$cr_start_batch") ;;
-  zipformer_transducer) method=greedy_search; blank_penalty=${blank_penalty:-1.0}
-    task_flags=(--warm-step 300 --enable-model-spec-aug 0) ;;
+  zipformer_crctc) own_flags=(--time-mask-ratio 1.0 --cr-start-batch "$cr_start_batch") ;;
+  zipformer_transducer) own_flags=(--warm-step 300 --enable-model-spec-aug 0) ;;
   *) echo "run_demo.sh: --recipe must be zipformer_crctc or zipformer_transducer, got $recipe" >&2; exit 1 ;;
 esac
+if [ -n "$family" ]; then task_flags=(--family "$family"); else task_flags=("${own_flags[@]}"); fi
+# the family's recommended decode method and blank penalty (anyphone.families); train.py records the family
+read -r method family_penalty < <($python -c "import sys
+from anyphone.families import get_family
+from anyphone.training.recipe import chosen_family
+o = get_family(chosen_family(sys.argv[1], sys.argv[2:])).recommended_decode_options
+print(o.method, o.blank_penalty)" "${recipe#zipformer_}" "${task_flags[@]}")
+blank_penalty=${blank_penalty:-$family_penalty}
 
-log "Training $recipe (tiny) for $max_batches batches -> $exp_dir"
+log "Training $recipe ${family:+--family $family }(tiny) for $max_batches batches -> $exp_dir"
 # Short-run schedule: Eden decays over ~1000 batches instead of icefall's 7500, and the Zipformer's own
 # regularisation schedules (dropout, layer skipping) count batches of --ref-duration 1 s, so they relax within
 # the run as they would over a long one. bfloat16 autocast where the CPU has AVX512-BF16 or AMX (~35% faster

@@ -329,7 +329,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     except OutputError as e:
         raise _Failure(str(e), 2) from None
     rec = _load(args)
-    if rec.family != "crctc":
+    if not rec.model_family.has_ctc:  # the family says whether its output is CTC log-probabilities
         raise _Failure(f"{args.model}: alignment needs a CTC model (CR-CTC); this is a {rec.family}", 2)
     failures: list[str] = []
     tsv: list[str] = []

@@ -223,7 +223,7 @@ def test_exp_dir_decode_options_are_the_default_emit(model, audio_dir, tmp_path,
     it (emit = exp(blank_penalty)) unless --emit overrides it."""
     import math
 
-    from anyphone.weights.config import config_from_state_dict
+    from anyphone.families import config_from_state_dict
     from anyphone.weights.expdir import record_decode_options, write_config
 
     sd = torch.load(model, weights_only=True)

@@ -1,14 +1,21 @@
-"""Imports run one way: ground -> weights -> services -> faces (read with ``ast``; nothing is imported).
+"""Imports run one way: ground -> weights -> families -> services -> faces (read with ``ast``; nothing is
+imported).
 
 Where each part of ``anyphone/`` sits, and why:
 
-ground (layer 0): ``text``, ``data``, ``models``, ``losses``, ``optim``, ``fileio``, ``utils`` and ``inventory``
+ground (layer 0): ``text``, ``data``, ``models``, ``losses``, ``optim``, ``fileio``, ``utils``, ``inventory``
     (phone inventories of languages: package data plus IPA handling, used by data preparation and by
-    recognition alike). The ground imports only the ground.
+    recognition alike) and ``decoding`` (pure searches over tensors: CTC greedy/prefix beam, transducer
+    greedy/beam; decode options; PER/PFER scoring; no weights, no model loading). The ground imports only the
+    ground.
 weights (layer 1): ``weights`` (checkpoint files, selection by --iter/--epoch/--avg, averaging, verified
-    loading, config.json, the model configuration of a state_dict). It imports only the ground.
-services (layer 2), in this order; each imports the ground, the weights and only the services before it:
-    ``decoding``  search and scoring, and the decode run behind decode.py;
+    loading, config.json, the Zipformer configuration of a state_dict). It imports only the ground.
+families (layer 2): ``families`` (the model-family objects and their registry: build a model from its config,
+    its loss, its searches, recognising its state_dict, its ONNX graphs). It imports the ground and the weights;
+    every service reaches models through it.
+services (layer 3), in this order; each imports the layers below and only the services before it:
+    ``evaluation`` the decode run behind decode.py (weights, family, search, scores) and the weight-selection
+                  flags export.py shares;
     ``alignment`` aligning a known transcript with any loaded recogniser's log-probabilities (below inference:
                   ``PhoneRecognizer.align`` calls it; it never loads a model itself);
     ``inference`` the hub, audio input, the recogniser and the ONNX runtime (uses decoding's CTC search and
@@ -17,7 +24,7 @@ services (layer 2), in this order; each imports the ground, the weights and only
     ``training``  the loop, tasks, fine-tuning (validation decodes and scores; finetune fetches models
                   from the hub) and the recipes' train/decode command lines;
     ``tuning``    hyper-parameter search around training runs.
-faces (layer 3): ``cli``. The recipes (``zipformer_*/``), ``local/`` and ``benchmarks/`` are faces too and live
+faces (layer 4): ``cli``. The recipes (``zipformer_*/``), ``local/`` and ``benchmarks/`` are faces too and live
     outside the package, which never imports them.
 """
 
@@ -29,8 +36,8 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "anyphone"
 
-GROUND = ("text", "data", "models", "losses", "optim", "fileio", "utils", "inventory")
-SERVICES = ("decoding", "alignment", "inference", "export", "training", "tuning")
+GROUND = ("text", "data", "models", "losses", "optim", "fileio", "utils", "inventory", "decoding")
+SERVICES = ("evaluation", "alignment", "inference", "export", "training", "tuning")
 FACES = ("cli",)
 OUTSIDE = ("zipformer_crctc", "zipformer_transducer", "local", "benchmarks", "tests")
 
@@ -93,10 +100,12 @@ def _rank(part: str) -> tuple[int, int]:
         return (0, 0)
     if part == "weights":
         return (1, 0)
+    if part == "families":
+        return (2, 0)
     if part in SERVICES:
-        return (2, SERVICES.index(part))
+        return (3, SERVICES.index(part))
     if part in FACES:
-        return (3, 0)
+        return (4, 0)
     raise AssertionError(f"anyphone/{part}: not assigned to a layer in tests/test_imports.py; add it")
 
 
@@ -126,14 +135,14 @@ def _upward(edges: list[tuple[str, int, str]]) -> list[str]:
         if src == dst:
             continue
         a, b = _rank(src), _rank(dst)
-        if b[0] > a[0] or (a[0] == b[0] == 2 and b[1] > a[1]):
+        if b[0] > a[0] or (a[0] == b[0] == 3 and b[1] > a[1]):
             out.append(f"{module}:{line} imports {name} ({src or 'anyphone'} -> {dst})")
     return out
 
 
 def test_imports_run_one_way():
-    """Ground imports ground; weights imports ground; a service imports ground, weights and the services
-    before it in SERVICES; faces import anything."""
+    """Ground imports ground; weights imports ground; families import ground and weights; a service imports
+    ground, weights, families and the services before it in SERVICES; faces import anything."""
     upward = _upward(EDGES)
     assert not upward, "imports that run upwards:\n" + "\n".join(upward)
 
@@ -204,8 +213,22 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
     src = tmp_path / "run.py"
     src.write_text("def f():\n    from anyphone.training import loop\n    from ..weights import checkpoint\n",
                    encoding="utf-8")
-    edges = [("anyphone.decoding.run", line, name) for line, name in _imports("anyphone.decoding.run", src)]
+    edges = [("anyphone.evaluation.run", line, name) for line, name in _imports("anyphone.evaluation.run", src)]
     names = {name for _, _, name in edges}
     assert {"anyphone.training.loop", "anyphone.weights.checkpoint"} <= names
-    assert _upward(edges) == ["anyphone.decoding.run:2 imports anyphone.training (decoding -> training)",
-                              "anyphone.decoding.run:2 imports anyphone.training.loop (decoding -> training)"]
+    assert _upward(edges) == ["anyphone.evaluation.run:2 imports anyphone.training (evaluation -> training)",
+                              "anyphone.evaluation.run:2 imports anyphone.training.loop (evaluation -> training)"]
+
+
+def test_the_families_sit_between_the_weights_and_the_services(tmp_path):
+    """A family importing a service (the decode run, inference) runs upwards; a family importing the weights or
+    the ground does not; the ground importing a family runs upwards."""
+    src = tmp_path / "fam.py"
+    src.write_text("from anyphone.evaluation import run\nfrom anyphone.weights import config\n"
+                   "from anyphone.decoding import ctc\n", encoding="utf-8")
+    edges = [("anyphone.families.crctc", line, name) for line, name in _imports("anyphone.families.crctc", src)]
+    assert _upward(edges) == [
+        "anyphone.families.crctc:1 imports anyphone.evaluation (families -> evaluation)",
+        "anyphone.families.crctc:1 imports anyphone.evaluation.run (families -> evaluation)"]
+    down = [("anyphone.decoding.ctc", 1, "anyphone.families")]
+    assert _upward(down) == ["anyphone.decoding.ctc:1 imports anyphone.families (decoding -> families)"]

@@ -19,7 +19,9 @@ Decode with:  anyphone recognize -m <output-dir>/model-<label>.onnx -i x.wav  or
 local/onnx_batch_decode.py DIR --model-type ctc
 """
 
+import sys
+
 from anyphone.export.onnx import export_main, get_export_parser
 
 if __name__ == "__main__":
-    export_main(get_export_parser("crctc", __doc__).parse_args(), "crctc")
+    export_main(get_export_parser("crctc", __doc__, sys.argv[1:]).parse_args(), "crctc")

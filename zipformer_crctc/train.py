@@ -17,6 +17,10 @@ Usage:
   # plain CTC, no consistency regularisation; remove diacritics from the labels
   ./zipformer_crctc/train.py --use-cr-ctc 0 --remove-diacritics 1 ...
 
+  # another model family of anyphone.families' registry through this recipe (--help lists them; the family's own
+  # flags come with it); decode.py and export.py read the family from the exp dir's config.json
+  ./zipformer_crctc/train.py --family NAME --exp-dir zipformer_crctc/exp-NAME ...
+
 An interrupted run resumes from the newest checkpoint-N.pt in --exp-dir when started again with the same flags.
 """
 

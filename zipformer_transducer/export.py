@@ -20,7 +20,9 @@ encoder-<label>.onnx, decoder-<label>.onnx, joiner-<label>.onnx (+ .fp16.onnx / 
 Decode with OnnxTransducerRecognizer(<dir>, suffix="-<label>.int8.onnx") or local/onnx_batch_decode.py.
 """
 
+import sys
+
 from anyphone.export.onnx import export_main, get_export_parser
 
 if __name__ == "__main__":
-    export_main(get_export_parser("transducer", __doc__).parse_args(), "transducer")
+    export_main(get_export_parser("transducer", __doc__, sys.argv[1:]).parse_args(), "transducer")

@@ -1,6 +1,9 @@
-"""Decoding and scoring.
+"""Decoding and scoring: pure functions over tensors and strings (the ground layer; no weights, no model
+loading). The model families (:mod:`anyphone.families`) run these searches; the decode run behind decode.py is
+:mod:`anyphone.evaluation.run`.
 
 - :mod:`anyphone.decoding.ctc`: CTC greedy / prefix beam search, top-k frames, emit and prior controls (torch).
+- :mod:`anyphone.decoding.transducer`: transducer greedy and modified beam search (torch).
 - :mod:`anyphone.decoding.scoring`: PER, PFER and icefall-style recogs/errs/summary files (pure Python).
 
 Names are loaded lazily so that importing the scoring helpers never imports torch.

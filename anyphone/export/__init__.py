@@ -1,4 +1,4 @@
-"""Model export: ONNX (fp32 / fp16 / int8) for CR-CTC and transducer models.
+"""Model export: ONNX (fp32 / fp16 / int8) of any model family (its graphs come from the family object).
 
 See :mod:`anyphone.export.onnx`; the torch-free runtime is :mod:`anyphone.inference.onnx_runtime`.
 Names are imported lazily so ``import anyphone.export`` stays cheap.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["convert_to_fp16", "export_ctc_model", "export_transducer_model", "quantize_int8"]
+__all__ = ["convert_to_fp16", "export_ctc_model", "export_model", "export_transducer_model", "quantize_int8"]
 
 
 def __getattr__(name: str) -> Any:

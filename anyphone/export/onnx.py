@@ -1,8 +1,11 @@
-"""ONNX export of Zipformer CR-CTC and transducer models (torch.export based, dynamic batch and time).
+"""ONNX export of any model family (torch.export based, dynamic batch and time).
 
-Files written (``<stem>`` is the name you pass; ``.fp16`` / ``.int8`` variants sit beside them):
+The family (:mod:`anyphone.families`) says which graphs to write: their wrapper modules, example inputs, file
+names and metadata (``ModelFamily.onnx_graphs``); this module traces them, adds the common metadata, writes
+every file atomically and makes the fp16 / int8 variants. What the two Zipformer families write (``<stem>`` is
+the name you pass; ``.fp16`` / ``.int8`` variants sit beside them):
 
-CTC / CR-CTC: one model ``<stem>.onnx``
+CTC / CR-CTC (and every CTC family): one model ``<stem>.onnx``
     inputs   x (N, T, 80) float32 zero-padded fbank, x_lens (N,) int64
     outputs  log_probs (N, T', V) float32, log_prob_lens (N,) int64      T' = (T - 7) // 2
 
@@ -27,9 +30,10 @@ Precisions:
   * int8 (``.int8.onnx``): onnxruntime dynamic quantisation of MatMul/Gemm weights (QInt8, per output
     channel), activations quantised on the fly.  Convolutions stay float32.
 
-Every model carries metadata (``model_type``, ``vocab_size``, ``frame_shift_ms``,
-``subsampling_factor``, ``sample_rate``, ``feature_dim``, ``context_size``, ``blank_id``, ...) so the
-runtime (``anyphone.inference.onnx_runtime``) needs no torch and no config file.
+Every model carries metadata (``model_type``: how its outputs are decoded, "ctc" log-probs or "transducer"
+parts; ``family``: the model family; ``vocab_size``, ``frame_shift_ms``, ``subsampling_factor``,
+``sample_rate``, ``feature_dim``, ``context_size``, ``blank_id``, ...) so the runtime
+(``anyphone.inference.onnx_runtime``) needs no torch and no config file.
 
 Every file (the ONNX models, ``pretrained.pt``, ``tokens.txt``) is written under a temporary name in its
 folder and renamed into place once complete, metadata included: an export that is interrupted, or runs out
@@ -57,6 +61,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from anyphone.families import get_family
+from anyphone.families.base import ModelFamily, OnnxGraph
+from anyphone.families.crctc import CtcExportWrapper
+from anyphone.families.transducer import DecoderExportWrapper, EncoderExportWrapper, JoinerExportWrapper
 from anyphone.fileio import atomic_path, atomic_write, atomic_write_bytes
 from anyphone.models.fused import SWOOSH, SWOOSH_SLOPE
 
@@ -69,6 +77,8 @@ __all__ = [
     "convert_to_fp16",
     "export_ctc_model",
     "export_friendly",
+    "export_graphs",
+    "export_model",
     "export_transducer_model",
     "quantize_int8",
 ]
@@ -84,11 +94,6 @@ FP16_KEEP_FP32_OPS = ("Pow", "ReduceMean")
 # ---------------------------------------------------------------------------------------------
 # Export-friendly forward functions (same arithmetic as the eager modules, no data-dependent Python)
 # ---------------------------------------------------------------------------------------------
-
-
-def _pad_mask(lens: Tensor, t: int | torch.SymInt) -> Tensor:
-    """(N,) lengths -> (N, t) bool, True at padding; t is the (symbolic) padded length."""
-    return torch.arange(t, device=lens.device).unsqueeze(0) >= lens.unsqueeze(1)
 
 
 def _subsampling_forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
@@ -223,70 +228,6 @@ def export_friendly(model: nn.Module) -> Iterator[nn.Module]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Wrappers: the exact computation of each ONNX graph
-# ---------------------------------------------------------------------------------------------
-
-
-def _encode(encoder_embed: nn.Module, encoder: nn.Module, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
-    x, lens = encoder_embed(x, x_lens)
-    mask = _pad_mask(lens, x.shape[1])
-    out, out_lens = encoder(x.permute(1, 0, 2), lens, mask)
-    return out.permute(1, 0, 2), out_lens
-
-
-class CtcExportWrapper(nn.Module):
-    """x (N, T, 80), x_lens (N,) -> (log_probs (N, T', V), log_prob_lens (N,))."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.encoder_embed = model.encoder_embed
-        self.encoder = model.encoder
-        self.ctc_output = model.ctc_output
-
-    def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
-        out, lens = _encode(self.encoder_embed, self.encoder, x, x_lens)
-        return self.ctc_output(out), lens
-
-
-class EncoderExportWrapper(nn.Module):
-    """x (N, T, 80), x_lens (N,) -> (joiner.encoder_proj(encoder_out) (N, T', J), lens (N,))."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.encoder_embed = model.encoder_embed
-        self.encoder = model.encoder
-        self.encoder_proj = model.joiner.encoder_proj
-
-    def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
-        out, lens = _encode(self.encoder_embed, self.encoder, x, x_lens)
-        return self.encoder_proj(out), lens
-
-
-class DecoderExportWrapper(nn.Module):
-    """y (N, context) int64 -> joiner.decoder_proj(decoder(y, need_pad=False)) (N, J)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.decoder = model.decoder
-        self.decoder_proj = model.joiner.decoder_proj
-
-    def forward(self, y: Tensor) -> Tensor:
-        out = self.decoder(y, need_pad=False)  # (N, 1, decoder_dim)
-        return self.decoder_proj(out.squeeze(1))
-
-
-class JoinerExportWrapper(nn.Module):
-    """(encoder_out (N, J), decoder_out (N, J)), both projected -> logit (N, V)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.joiner = model.joiner
-
-    def forward(self, encoder_out: Tensor, decoder_out: Tensor) -> Tensor:
-        return self.joiner(encoder_out, decoder_out, project_input=False)
-
-
-# ---------------------------------------------------------------------------------------------
 # ONNX helpers
 # ---------------------------------------------------------------------------------------------
 
@@ -317,6 +258,7 @@ def _torch_export(
     output_names: list[str],
     dynamic_shapes: dict[str, dict[int, Any]],
     opset: int,
+    translations: dict[Any, Any] | None = None,
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     module.eval()
@@ -346,27 +288,11 @@ def _torch_export(
             opset_version=opset,
             optimize=True,
             verbose=False,
+            **({"custom_translation_table": translations} if translations else {}),
         )
     # one self-contained file (the tiny..large models are all < 2 GB), renamed into place once whole
     with atomic_path(path) as tmp:
         prog.save(str(tmp), external_data=False)
-
-
-def _example_features(feature_dim: int, batch: int = 2, frames: int = 200) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, frames, feature_dim, generator=g)
-    lens = torch.tensor([frames - 37 * i for i in range(batch)], dtype=torch.int64)
-    for i, n in enumerate(lens.tolist()):
-        x[i, n:] = 0.0
-    return x, lens
-
-
-def _feature_dynamic_shapes() -> dict[str, dict[int, Any]]:
-    dim = torch.export.Dim
-    n = dim("N", min=1, max=1024)
-    # T >= 23 keeps every stack (down to 1/16 of 50 Hz) at least a frame long and T - 7 positive
-    t = dim("T", min=23, max=100_000)
-    return {"x": {0: n, 1: t}, "x_lens": {0: n}}
 
 
 def convert_to_fp16(
@@ -509,7 +435,7 @@ def quantize_int8(src: str | Path, dst: str | Path, weight_type: str = "QInt8", 
         root.setLevel(level)
 
 
-def _variants(path: Path, fp16: bool, int8: bool) -> list[Path]:
+def _variants(path: Path, fp16: bool, int8: bool, keep_fp32_ops: tuple[str, ...] = ()) -> list[Path]:
     """Write the requested fp16 / int8 siblings of the fp32 model at ``path`` (which already carries its
     metadata); returns all paths. Each file appears under its name only once complete, metadata included."""
     out = [path]
@@ -517,7 +443,7 @@ def _variants(path: Path, fp16: bool, int8: bool) -> list[Path]:
         p16 = path.with_name(path.stem + ".fp16.onnx")
         with atomic_path(p16) as tmp:
             # BiasNorm's mean((x - b)^2) overflows float16 once |x| > 256; keep that reduction in float32
-            convert_to_fp16(path, tmp, keep_fp32_ops=FP16_KEEP_FP32_OPS)
+            convert_to_fp16(path, tmp, keep_fp32_ops=FP16_KEEP_FP32_OPS + tuple(keep_fp32_ops))
             add_meta_data(tmp, {"precision": "fp16"})
         out.append(p16)
     if int8:
@@ -538,9 +464,11 @@ def _export_whole(path: Path, export: Any, meta: dict[str, Any]) -> None:
         add_meta_data(tmp, {**meta, "precision": "fp32"})
 
 
-def _common_meta(cfg: Any, model_type: str, subsampling: int, vocab_size: int) -> dict[str, Any]:
+def _common_meta(cfg: Any, family: ModelFamily, vocab_size: int) -> dict[str, Any]:
+    subsampling = 2 * family.output_downsampling_factor  # fbank at 100 Hz, every family's front end halves it
     return {
-        "model_type": model_type,
+        "model_type": family.onnx_model_type,
+        "family": family.name,
         "framework": "anyphone",
         "vocab_size": vocab_size,
         "blank_id": 0,
@@ -561,6 +489,59 @@ def _common_meta(cfg: Any, model_type: str, subsampling: int, vocab_size: int) -
 # ---------------------------------------------------------------------------------------------
 
 
+def export_graphs(
+    family: ModelFamily,
+    model: nn.Module,
+    graphs: list[OnnxGraph],
+    out_dir: str | Path,
+    *,
+    fp16: bool = False,
+    int8: bool = False,
+    opset: int = 18,
+    extra_meta: dict[str, Any] | None = None,
+) -> dict[str, list[Path]]:
+    """Write each graph as ``out_dir/<stem>.onnx`` (+ ``.fp16.onnx`` / ``.int8.onnx``) with the common
+    metadata, the family's and ``extra_meta``. Returns {part: [paths, fp32 first]}."""
+    out_dir = Path(out_dir)
+    written: dict[str, Path] = {}
+    for g in graphs:
+        meta = _common_meta(model.cfg, family, int(g.meta["vocab_size"]))
+        meta.update({k: (json.dumps(v) if k == "config" else v) for k, v in g.meta.items()})
+        meta.update(extra_meta or {})
+        path = out_dir / f"{g.stem}.onnx"
+
+        def export(tmp: Path, g: OnnxGraph = g) -> None:
+            ctx = export_friendly(g.module) if g.patch else contextlib.nullcontext()
+            with ctx:
+                _torch_export(g.module, g.example, tmp, g.input_names, g.output_names, g.dynamic_shapes, opset,
+                              g.translations)
+
+        _export_whole(path, export, meta)
+        written[g.part] = path
+    keep = {g.part: g.fp16_keep_ops for g in graphs}
+    return {part: _variants(p, fp16, int8, keep[part]) for part, p in written.items()}
+
+
+def export_model(
+    model: nn.Module,
+    family: str | ModelFamily,
+    out_dir: str | Path,
+    label: str = "",
+    *,
+    fp16: bool = False,
+    int8: bool = False,
+    opset: int = 18,
+    extra_meta: dict[str, Any] | None = None,
+) -> dict[str, list[Path]]:
+    """Export a model of ``family`` into ``out_dir``: the family's graphs, file stems carrying ``label``
+    (``model-<label>.onnx`` for CTC families, ``{encoder,decoder,joiner}-<label>.onnx`` for the transducer).
+    Returns {part: [paths, fp32 first]}."""
+    family = get_family(family)
+    model = model.eval()
+    return export_graphs(family, model, family.onnx_graphs(model, label), out_dir, fp16=fp16, int8=int8,
+                         opset=opset, extra_meta=extra_meta)
+
+
 def export_ctc_model(
     model: nn.Module,
     out_path: str | Path,
@@ -569,28 +550,20 @@ def export_ctc_model(
     int8: bool = False,
     opset: int = 18,
     extra_meta: dict[str, Any] | None = None,
+    family: str | ModelFamily = "crctc",
 ) -> list[Path]:
-    """Export a CtcModel to ``out_path`` (fp32) plus ``.fp16.onnx`` / ``.int8.onnx`` beside it.
-
-    Returns the written paths, fp32 first.
+    """Export a CTC model (a CR-CTC CtcModel by default) to ``out_path`` (fp32) plus ``.fp16.onnx`` /
+    ``.int8.onnx`` beside it. Returns the written paths, fp32 first.
     """
+    family = get_family(family)
     model = model.eval()
-    cfg = model.cfg
     out_path = Path(out_path)
-    wrapper = CtcExportWrapper(model).eval()
-    x, lens = _example_features(cfg.feature_dim)
-    vocab = int(model.ctc_output[1].out_features)
-    meta = _common_meta(cfg, "ctc", 2, vocab)
-    meta.update({"context_size": 0, "config": json.dumps(cfg.to_dict())})
-    meta.update(extra_meta or {})
-
-    def export(tmp: Path) -> None:
-        with export_friendly(wrapper):
-            _torch_export(wrapper, (x, lens), tmp, ["x", "x_lens"], ["log_probs", "log_prob_lens"],
-                          _feature_dynamic_shapes(), opset)
-
-    _export_whole(out_path, export, meta)
-    return _variants(out_path, fp16, int8)
+    graphs = family.onnx_graphs(model, "")
+    if len(graphs) != 1:
+        raise ValueError(f"export_ctc_model: a {family.name} model exports {len(graphs)} graphs, not one")
+    graphs[0].stem = out_path.name.removesuffix(".onnx")
+    return export_graphs(family, model, graphs, out_path.parent, fp16=fp16, int8=int8, opset=opset,
+                         extra_meta=extra_meta)[graphs[0].part]
 
 
 def export_transducer_model(
@@ -606,49 +579,8 @@ def export_transducer_model(
     """Export a TransducerModel as ``{encoder,decoder,joiner}-<suffix>.onnx`` (+ fp16 / int8 variants)
     in ``out_dir``; ``suffix`` "" gives ``encoder.onnx`` etc.  Returns {part: [paths, fp32 first]}.
     """
-    model = model.eval()
-    cfg = model.cfg
-    out_dir = Path(out_dir)
-    tag = f"-{suffix}" if suffix else ""
-    context = int(getattr(model.decoder, "context_size", cfg.context_size))
-    joiner_dim = int(model.joiner.encoder_proj.out_features)
-    vocab = int(model.joiner.output_linear.out_features)
-    meta = _common_meta(cfg, "transducer", 4, vocab)
-    meta.update({"context_size": context, "joiner_dim": joiner_dim, "config": json.dumps(cfg.to_dict())})
-    meta.update(extra_meta or {})
-    paths: dict[str, Path] = {}
-
-    enc = EncoderExportWrapper(model).eval()
-    x, lens = _example_features(cfg.feature_dim)
-    paths["encoder"] = out_dir / f"encoder{tag}.onnx"
-
-    def export_encoder(tmp: Path) -> None:
-        with export_friendly(enc):
-            _torch_export(enc, (x, lens), tmp, ["x", "x_lens"], ["encoder_out", "encoder_out_lens"],
-                          _feature_dynamic_shapes(), opset)
-
-    _export_whole(paths["encoder"], export_encoder, {**meta, "part": "encoder"})
-
-    dim = torch.export.Dim
-    dec = DecoderExportWrapper(model).eval()
-    y = torch.tensor([[-1, 0], [3, 7], [9, 4]], dtype=torch.int64)[:, -context:] if context <= 2 else \
-        torch.randint(0, vocab, (3, context))
-    paths["decoder"] = out_dir / f"decoder{tag}.onnx"
-    _export_whole(paths["decoder"], lambda tmp: _torch_export(dec, (y,), tmp, ["y"], ["decoder_out"],
-                                                              {"y": {0: dim("N", min=1, max=4096)}}, opset),
-                  {**meta, "part": "decoder"})
-
-    join = JoinerExportWrapper(model).eval()
-    e = torch.randn(3, joiner_dim)
-    d = torch.randn(3, joiner_dim)
-    nj = dim("N", min=1, max=1_000_000)
-    paths["joiner"] = out_dir / f"joiner{tag}.onnx"
-    _export_whole(paths["joiner"], lambda tmp: _torch_export(join, (e, d), tmp, ["encoder_out", "decoder_out"],
-                                                             ["logit"], {"encoder_out": {0: nj},
-                                                                         "decoder_out": {0: nj}}, opset),
-                  {**meta, "part": "joiner"})
-
-    return {part: _variants(p, fp16, int8) for part, p in paths.items()}
+    return export_model(model, "transducer", out_dir, suffix, fp16=fp16, int8=int8, opset=opset,
+                        extra_meta=extra_meta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -656,14 +588,18 @@ def export_transducer_model(
 # ---------------------------------------------------------------------------------------------
 
 
-def get_export_parser(family: str, description: str | None = None):
-    """icefall-style export flags plus the model flags of :mod:`anyphone.models.presets` (optional: the exp
-    dir's config.json describes the model). ``family``: "crctc" or "transducer"."""
+def get_export_parser(family: str, description: str | None = None, argv: list[str] | None = None):
+    """icefall-style export flags, ``--family`` and the model flags of the family ``argv`` names (``--family``,
+    else the exp dir's config.json, else ``family``, the recipe's); the model flags are optional: the exp dir's
+    config.json describes the model."""
     import argparse
 
-    from anyphone.decoding.run import add_checkpoint_arguments
-    from anyphone.models.presets import add_model_arguments
+    from anyphone.evaluation.run import add_checkpoint_arguments, add_family_argument, chosen_family
+    from anyphone.families import family_names
     from anyphone.utils import str2bool
+
+    name = chosen_family(family, argv, exp_dir_flags=True) if argv is not None else family
+    chosen = get_family(name if name in family_names() else family)
 
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_arguments(p.add_argument_group("checkpoint (icefall names)"), verb="Export")
@@ -676,7 +612,8 @@ def get_export_parser(family: str, description: str | None = None):
     g.add_argument("--fp16", type=str2bool, default=False, help="Also write .fp16.onnx (fp16 weights, fp32 I/O).")
     g.add_argument("--int8", type=str2bool, default=False, help="Also write .int8.onnx (dynamic quantisation).")
     g.add_argument("--opset", type=int, default=18)
-    add_model_arguments(p)
+    add_family_argument(g, None)
+    chosen.add_model_arguments(p)
     return p
 
 
@@ -704,23 +641,22 @@ def _label(args) -> str:
     return f"{base}-avg-{args.avg}"
 
 
-def export_main(args, family: str) -> dict[str, list[Path]]:
+def export_main(args, family: str | ModelFamily | None = None) -> dict[str, list[Path]]:
     """Load/average weights, write ``pretrained.pt`` (plain state_dict), tokens.txt and the ONNX files.
 
-    The model is the one the exp dir's config.json (or the checkpoint's tensors) describes; a transducer's
-    joint CTC head, if it has one, is loaded and not exported."""
-    from anyphone.decoding.run import model_config_for, select_decoding_weights
+    The model is the one the exp dir's config.json (or the checkpoint's tensors) describes, of the family they
+    name (``family``: the recipe's, used when nothing else names one); a transducer's joint CTC head, if it has
+    one, is loaded and not exported."""
+    from anyphone.evaluation.run import model_config_for, resolve_family, select_decoding_weights
     from anyphone.weights.checkpoint import CheckpointMismatchError, load_model_weights
-    from anyphone.weights.config import build_model
     from anyphone.weights.expdir import CONFIG_FILE, write_config
 
-    if family not in ("crctc", "transducer"):
-        raise ValueError(f"export_main: family={family!r}, expected 'crctc' or 'transducer'")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     tokens = _tokens_file(args)
     sd, source = select_decoding_weights(args)
-    cfg, use_ctc = model_config_for(args, family, sd)
-    model: nn.Module = build_model(family, cfg.replace(vocab_size=_count_tokens(tokens)), use_ctc)
+    fam = resolve_family(args, family, sd)
+    cfg, options = model_config_for(args, fam, sd)
+    model: nn.Module = fam.build(cfg.replace(vocab_size=_count_tokens(tokens)), **options)
     try:
         load_model_weights(model, sd, source)
     except CheckpointMismatchError as e:  # shapes were checked: the token table is the other size
@@ -733,20 +669,14 @@ def export_main(args, family: str) -> dict[str, list[Path]]:
     if tokens.resolve() != (out_dir / "tokens.txt").resolve():
         atomic_write_bytes(out_dir / "tokens.txt", tokens.read_bytes())
     if not (out_dir / CONFIG_FILE).is_file():  # pretrained.pt describes itself too (load_model, finetune)
-        write_config(out_dir, model=model.cfg.to_dict(), family=family, tokens="tokens.txt")
-    log.info("Loaded %s (%s parameters); wrote %s", source, f"{sum(p.numel() for p in model.parameters()):,}",
-             out_dir / "pretrained.pt")
+        write_config(out_dir, model=model.cfg.to_dict(), family=fam.name, tokens="tokens.txt")
+    log.info("Loaded %s %s (%s parameters); wrote %s", fam.name, source,
+             f"{sum(p.numel() for p in model.parameters()):,}", out_dir / "pretrained.pt")
     written: dict[str, list[Path]] = {}
     if not args.onnx:
         return written
-    label = _label(args)
-    meta = {"checkpoint": str(source)}
-    if family == "crctc":
-        written["model"] = export_ctc_model(model, out_dir / f"model-{label}.onnx", fp16=args.fp16,
-                                            int8=args.int8, opset=args.opset, extra_meta=meta)
-    else:
-        written = export_transducer_model(model, out_dir, label, fp16=args.fp16, int8=args.int8,
-                                          opset=args.opset, extra_meta=meta)
+    written = export_model(model, fam, out_dir, _label(args), fp16=args.fp16, int8=args.int8, opset=args.opset,
+                           extra_meta={"checkpoint": str(source)})
     for part, paths in written.items():
         for p in paths:
             log.info("%s: %s (%.1f MB)", part, p, p.stat().st_size / 1e6)

@@ -34,18 +34,18 @@ The API lives in one module per concept; this module gathers their public names:
 - :mod:`anyphone.inference.features`: the ZIPA fbank front end;
 - :mod:`anyphone.inference.priors`: :func:`read_prior`;
 - :mod:`anyphone.inference.loading`: :func:`load_model`, :class:`CheckpointShapeError`;
-- :mod:`anyphone.weights.config`: :func:`config_from_state_dict` (the model configuration of a state_dict);
+- :mod:`anyphone.families`: :func:`config_from_state_dict` (the family and configuration of a state_dict);
 - :mod:`anyphone.decoding.options`: :class:`DecodeOptions` (``emit = exp(blank_penalty)``).
 
 Importing it imports torch and the model code, never the training stack (anyphone.training, optim).
 """
 
 from anyphone.decoding.options import DecodeOptions
+from anyphone.families import config_from_state_dict
 from anyphone.inference.loading import DEFAULT_MODEL, CheckpointShapeError, load_model
 from anyphone.inference.priors import read_prior
 from anyphone.inference.recognizer import PhoneRecognizer
 from anyphone.inference.results import PhoneSegment, RecognitionResult, TokenFrame
-from anyphone.weights.config import config_from_state_dict
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -2,7 +2,8 @@
 
 An exp dir describes itself: its ``config.json`` gives the model configuration and the decode options chosen on
 a dev set (:mod:`anyphone.weights.expdir`); a published checkpoint is described by its tensors alone
-(:func:`anyphone.weights.config.config_from_state_dict`).
+and its model family is found by the registry (:func:`anyphone.families.detect_family`: each family recognises
+its own keys); an exp dir's ``config.json`` names its family.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import torch
 from torch import Tensor
 
 from anyphone.decoding.options import DecodeOptions
+from anyphone.families import detect_family, get_family
+from anyphone.families.base import ModelFamily
 from anyphone.inference.recognizer import PhoneRecognizer
-from anyphone.models.presets import ZipformerConfig
 from anyphone.text.tokenizer import IpaTokenizer
-from anyphone.weights.config import build_model, config_from_state_dict, head_sizes
 from anyphone.weights.expdir import CONFIG_FILE, is_exp_dir, model_section, read_config, select_state_dict
 
 __all__ = ["DEFAULT_MODEL", "CheckpointShapeError", "load_model"]
@@ -32,7 +33,7 @@ DEFAULT_MODEL = "zipa-cr-small-500k"
 
 
 class CheckpointShapeError(ValueError):
-    """Weights whose keys or shapes fit no Zipformer configuration, or not the one asked for.
+    """Weights whose keys or shapes fit no configuration of their family, or not the one asked for.
 
     ``path`` is the checkpoint, ``detail`` the problem (naming the first tensor that differs) and ``asked`` the
     configuration that was asked for (None when it was inferred), so that each face can say what to pass: the
@@ -89,7 +90,7 @@ def load_model(
     epoch: int | None = None,
     use_averaged_model: bool = True,
     tokens: str | os.PathLike | None = None,
-    config: ZipformerConfig | Mapping[str, Any] | str | None = None,
+    config: Any = None,
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 8,
@@ -110,8 +111,9 @@ def load_model(
             * a ``.onnx`` file or a folder of exported ONNX models (delegated to anyphone.inference.onnx_runtime).
         device: "cpu", "cuda[:N]" or "auto".
         tokens: tokens.txt to use instead of the one found next to the model.
-        config: model configuration (ZipformerConfig, dict or preset name); normally inferred from the tensors
-            (family from the head keys, size from the shapes) or read from a ``config.json`` beside the model.
+        config: model configuration (the family's config, e.g. a ZipformerConfig, its dict or a preset name);
+            normally inferred from the tensors (family from the key names, size from the shapes) or read from a
+            ``config.json`` beside the model.
         decode_options: :class:`DecodeOptions` (or its dict); default: the ``decode`` entry of the exp dir's
             ``config.json`` (``decode.py --save-decode-options 1``), else none. Its blank penalty is the
             recogniser's default ``emit`` (``emit = exp(blank_penalty)``).
@@ -155,20 +157,27 @@ def load_model(
     json_cfg = model_section(card)
     options = _decode_options(where, card, decode_options)
     try:
-        family, cfg, use_ctc = config_from_state_dict(sd, config if config is not None else json_cfg)
+        family = _family_of(card, sd)
+        cfg, build_options = family.config_from_state_dict(sd, config if config is not None else json_cfg)
     except ValueError as e:
         detail = str(e).removesuffix("; pass config=")
         asked = (config if isinstance(config, str) else getattr(config, "name", "given")) if config is not None \
             else ("config.json" if json_cfg is not None else None)
         raise CheckpointShapeError(source_file, detail, asked) from None
-    model = build_model(family, cfg, use_ctc)
+    model = family.build(cfg, **build_options)
     model.load_state_dict(sd, strict=True)
-    tokenizer = _tokenizer_for(tok_path, head_sizes(sd, family)["vocab_size"], label)
-    log.info("loaded %s: %s, %s config, %s parameters", label, family, cfg.name,
+    tokenizer = _tokenizer_for(tok_path, family.vocab_size_of(sd), label)
+    log.info("loaded %s: %s, %s config, %s parameters", label, family.name, getattr(cfg, "name", "custom"),
              f"{sum(p.numel() for p in model.parameters()):,}")
     return PhoneRecognizer(model, tokenizer, family, device=device, batch_size=batch_size,
                            chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds, name=label,
                            decode_options=options)
+
+
+def _family_of(card: Mapping[str, Any] | None, sd: Mapping[str, Any]) -> ModelFamily:
+    """The family a config.json names (one with a ``model`` section), else the one whose keys the weights have."""
+    named = card.get("family") if card is not None and "model" in card else None
+    return get_family(named) if isinstance(named, str) else detect_family(sd)
 
 
 def _pick_onnx(folder: Path, stem: str) -> Path | None:
@@ -194,22 +203,28 @@ def _load_onnx(path: Path, tokens: Path | None, device: str, batch_size: int, ch
     if path.is_dir():
         encoder = _pick_onnx(path, "encoder")
         if encoder is not None and _pick_onnx(path, "joiner") is not None:
-            family, target, folder = "transducer", path, path
+            kind, target, folder = "transducer", path, path
             suffix = encoder.name[len("encoder"):]
         else:
             target = _pick_onnx(path, "model")
             if target is None:
                 raise FileNotFoundError(f"{path}: expected model*.onnx (CTC) or encoder/decoder/joiner*.onnx")
-            family, folder, suffix = "crctc", path, ""
+            kind, folder, suffix = "ctc", path, ""
     else:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: ONNX model not found")
-        family, target, folder, suffix = "crctc", path, path.parent, ""
+        kind, target, folder, suffix = "ctc", path, path.parent, ""
     tok = tokens or _find_tokens([folder / "tokens.txt"]) or default_lang_dir() / "tokens.txt"
-    if family == "transducer":
+    if kind == "transducer":
         backend = onnx_runtime.OnnxTransducerRecognizer(target, tokens_path=tok, suffix=suffix, provider=provider)
     else:
         backend = onnx_runtime.OnnxCtcRecognizer(target, tokens_path=tok, provider=provider)
+    # the family the export recorded; older exports only say how their outputs decode (model_type "ctc" is the
+    # CR-CTC family's deprecated alias)
+    meta = getattr(backend, "meta", None) or {}
+    family = get_family(meta.get("family") or meta.get("model_type") or kind)
+    if family.onnx_model_type != kind:
+        raise ValueError(f"{target}: a {family.name} model ({family.onnx_model_type} outputs) in {kind} files")
     return _OnnxRecognizer(backend, family, IpaTokenizer.from_tokens_file(tok), batch_size=batch_size,
                            chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds, name=str(path))
 
@@ -217,10 +232,10 @@ def _load_onnx(path: Path, tokens: Path | None, device: str, batch_size: int, ch
 class _OnnxRecognizer(PhoneRecognizer):
     """PhoneRecognizer whose network runs in ONNX Runtime (features and decoding as for torch models)."""
 
-    def __init__(self, backend: Any, family: str, tokenizer: IpaTokenizer, **kw: Any) -> None:
+    def __init__(self, backend: Any, family: str | ModelFamily, tokenizer: IpaTokenizer, **kw: Any) -> None:
         super().__init__(None, tokenizer, family, device="cpu", **kw)
         self.backend = backend
-        if family == "transducer":
+        if not self.model_family.has_ctc:
             self._context_size = int(getattr(backend, "context_size", 2))
 
     def _ctc_log_probs(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:

@@ -83,9 +83,10 @@ class PhoneRecognizer:
     """A loaded model plus its tokens; see the module docstring for the output formats.
 
     Args:
-        model: CtcModel or TransducerModel (eval mode; moved to ``device``).
+        model: a model of ``family`` (eval mode; moved to ``device``).
         tokenizer: the model's tokens.
-        family: "crctc" or "transducer".
+        family: the model family (:mod:`anyphone.families`), by name or object; ``self.family`` is its name,
+            ``self.model_family`` the object, which runs the network (CTC log-probs or transducer parts).
         device: "cpu", "cuda", "cuda:1", or "auto" (cuda if available).
         batch_size: windows decoded together (padding changes the last frames slightly, as in ZIPA; use 1 for
             results that do not depend on the other inputs).
@@ -97,8 +98,9 @@ class PhoneRecognizer:
     def __init__(self, model: torch.nn.Module, tokenizer: IpaTokenizer, family: str, device: str = "cpu",
                  batch_size: int = 8, chunk_seconds: float = 30.0, overlap_seconds: float = 2.0,
                  name: str | None = None, decode_options: DecodeOptions | None = None) -> None:
-        if family not in ("crctc", "transducer"):
-            raise ValueError(f"family={family!r}, expected 'crctc' or 'transducer'")
+        from anyphone.families import get_family
+
+        self.model_family = get_family(family)  # ValueError naming the known families
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}, expected >= 1")
         if not 0 <= overlap_seconds < chunk_seconds / 2:
@@ -107,19 +109,19 @@ class PhoneRecognizer:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval() if model is not None else None
         self.tokenizer = tokenizer
-        self.family = family
+        self.family = self.model_family.name
         self.batch_size = batch_size
         self.chunk_seconds = float(chunk_seconds)
         self.overlap_seconds = float(overlap_seconds)
-        self.name = name or family
+        self.name = name or self.family
         self.decode_options = decode_options or DecodeOptions()
-        self._out_ds = 2 if family == "transducer" else 1
+        self._out_ds = self.model_family.output_downsampling_factor
         self.frame_shift = _FBANK_SHIFT * 2 * self._out_ds
         vocab = getattr(model, "vocab_size", tokenizer.vocab_size)
         if tokenizer.vocab_size != vocab:
             raise ValueError(f"{tokenizer.source}: {tokenizer.vocab_size} tokens but the model outputs {vocab}")
         self._warned_langs: set[str] = set()
-        decoder = getattr(model, "decoder", None) if family == "transducer" else None
+        decoder = getattr(model, "decoder", None) if not self.model_family.has_ctc else None
         self._context_size = int(getattr(decoder, "context_size", 2))
 
     def __repr__(self) -> str:
@@ -185,9 +187,9 @@ class PhoneRecognizer:
         Returns:
             (log_probs (T, V) float32 with frame t at ``t * frame_shift`` seconds, duration in seconds).
         Raises:
-            AudioError: unreadable input. ValueError: a transducer model (no CTC output to align with).
+            AudioError: unreadable input. ValueError: a model without CTC output (a transducer) to align with.
         """
-        if self.family != "crctc":
+        if not self.model_family.has_ctc:
             raise ValueError(f"{self.name}: alignment needs a CTC model (CR-CTC); this is a {self.family}")
         meta: dict[str, Any] = {}
         rows: list[np.ndarray] = []
@@ -392,7 +394,7 @@ class PhoneRecognizer:
             waves = [batch[i].samples if len(batch[i].samples) >= _MIN_SAMPLES
                      else np.pad(batch[i].samples, (0, _MIN_SAMPLES - len(batch[i].samples))) for i in live]
             feats, feat_lens = fbank(waves, self.device)
-            if self.family == "crctc":
+            if self.model_family.has_ctc:
                 lp, enc_lens = self._ctc_log_probs(feats, feat_lens)
                 lp, hyps = self._ctc(lp, enc_lens, opts)
             else:
@@ -406,22 +408,12 @@ class PhoneRecognizer:
     # The two backend hooks (torch here, ONNX Runtime in _OnnxRecognizer); everything else is shared.
     def _ctc_log_probs(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
         """feats (N, T, 80), feat_lens (N,) -> CTC log-probs (N, T', V) on CPU, lengths (N,)."""
-        enc, enc_lens = self.model.forward_encoder(feats, feat_lens)
-        return self.model.ctc_output(enc).float().cpu(), enc_lens.cpu()
+        return self.model_family.ctc_log_probs(self.model, feats, feat_lens)
 
     def _transducer_parts(self, feats: Tensor, feat_lens: Tensor):
         """-> (projected encoder out (N, T', J), lengths (N,), joiner(enc (A, J), dec (A, J)) -> logits (A, V),
-        decoder(context ids (E, context_size) int64) -> projected (E, J))."""
-        model = self.model
-        enc, enc_lens = model.forward_encoder(feats, feat_lens)
-
-        def joiner(e: Tensor, d: Tensor) -> Tensor:
-            return model.joiner(e, d, project_input=False)
-
-        def decoder(ids: Tensor) -> Tensor:
-            return model.joiner.decoder_proj(model.decoder(ids.to(enc.device), need_pad=False)).squeeze(1)
-
-        return model.joiner.encoder_proj(enc), enc_lens.cpu(), joiner, decoder
+        decoder(context ids (E, context_size) int64) -> projected (E, J)); the family runs its parts."""
+        return self.model_family.transducer_parts(self.model, feats, feat_lens)
 
     def _ctc(self, lp: Tensor, enc_lens: Tensor, opts: _Options) -> tuple[Tensor, list[list[tuple[int, int, int]]]]:
         """Options, then greedy search on CPU log-probs (N, T, V); items are (token, first frame, run length)."""
@@ -475,43 +467,19 @@ class PhoneRecognizer:
                     ) -> tuple[Tensor, list[list[tuple[int, int, int]]]]:
         """Greedy search, one symbol per frame (ZIPA's greedy_search_batch), with the additive adjustment
         applied to the joiner logits; also returns each frame's log-softmax along the path (N, T, V)."""
-        blank, ctx = self.tokenizer.blank_id, self._context_size
-        n, t_max, _ = proj.shape
-        lens = [int(v) for v in enc_lens.tolist()]
-        hist = [[-1] * (ctx - 1) + [blank] for _ in range(n)]
-        dec = decoder(torch.tensor(hist, dtype=torch.int64))
-        adjust = opts.adjust.to(proj.device) if opts.adjust is not None else None
-        lp_all = torch.full((n, t_max, self.tokenizer.vocab_size), float("-inf"))
-        items: list[list[tuple[int, int, int]]] = [[] for _ in range(n)]
-        cons = opts.constraint
-        state = [0] * n  # --lang: each hypothesis's automaton state; a frame may only emit what it allows
-        for t in range(t_max):
-            active = [i for i in range(n) if lens[i] > t]
-            idx = torch.tensor(active, device=proj.device)
-            logits = joiner(proj[idx, t], dec[idx]).float()
-            if adjust is not None:
-                logits = logits + adjust
-            if cons is not None:
-                ok = torch.from_numpy(cons.next[[state[i] for i in active]] >= 0).to(logits.device)
-                ok[:, blank] = True
-                logits = logits.masked_fill(~ok, float("-inf"))
-            lp = logits.log_softmax(-1)
-            lp_all[active, t] = lp.cpu()
-            best = lp.argmax(-1).tolist()
-            emitted = [(i, v) for i, v in zip(active, best) if v != blank]
-            if emitted:
-                for i, v in emitted:
-                    hist[i].append(v)
-                    items[i].append((v, t, 1))
-                    if cons is not None:
-                        state[i] = int(cons.next[state[i], v])
-                rows = torch.tensor([i for i, _ in emitted], device=dec.device)
-                dec = dec.clone()
-                dec[rows] = decoder(torch.tensor([hist[i][-ctx:] for i, _ in emitted], dtype=torch.int64))
+        from anyphone.decoding.greedy_loop import greedy_transducer_search
+
+        cons = opts.constraint  # --lang: an automaton; a frame may only emit what its state allows
+        out = greedy_transducer_search(
+            lambda ids: decoder(torch.from_numpy(ids)), lambda e, d: joiner(e, d).float().cpu().numpy(), proj,
+            enc_lens.tolist(), blank_id=self.tokenizer.blank_id, context_size=self._context_size,
+            adjust=None if opts.adjust is None else opts.adjust.numpy(),
+            next_state=None if cons is None else cons.next, keep_log_probs=True)
+        lp_all = torch.from_numpy(out.log_probs)
+        items = [[(v, t, 1) for v, t in zip(h.tokens, h.timestamps)] for h in out.hyps]
         if cons is not None:  # an unfinished last phone is dropped, never written half
-            for i in range(n):
-                keep = len(cons.complete_prefix([v for v, _, _ in items[i]]))
-                del items[i][keep:]
+            for it in items:
+                del it[len(cons.complete_prefix([v for v, _, _ in it])):]
         return lp_all, items
 
     def _collect(self, piece: _Piece, lp: Tensor, items: list[tuple[int, int, int]], opts: _Options) -> _PieceOut:

@@ -283,8 +283,8 @@ def resolve_init_model(name_or_path: str | os.PathLike) -> InitModel:
     a preset when one fits every tensor, else the ``config.json`` beside the checkpoint, else derived from the
     tensor shapes. Raises FinetuneError (one line) when the model cannot be found, read or understood.
     """
+    from anyphone.families import config_from_state_dict
     from anyphone.inference import hub
-    from anyphone.weights.config import config_from_state_dict
     from anyphone.weights.safe_load import infer_family_size
 
     text = os.fspath(name_or_path)

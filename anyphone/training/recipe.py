@@ -1,50 +1,75 @@
-"""What the recipes' train.py and decode.py scripts call: one argument parser per task, then the shared loop
-or the decode service (:mod:`anyphone.decoding.run`)."""
+"""What the recipes' train.py and decode.py scripts call: one argument parser per model family, then the shared
+loop or the decode service (:mod:`anyphone.evaluation.run`).
+
+A recipe names its own family (``zipformer_crctc/`` "crctc"); ``--family NAME`` picks another one of the
+registry (:mod:`anyphone.families`) through the same scripts: the common flags, plus that family's own. The
+exp dir's config.json records the family, so decode.py and export.py read it from there.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
+from anyphone.families import family_names, get_family
 from anyphone.training.loop import add_training_arguments, run
-from anyphone.training.tasks import get_task
 
 
-def get_train_parser(task_name: str, description: str | None = None) -> argparse.ArgumentParser:
+def _family_for_flags(name: str, default: str):
+    return get_family(name if name in family_names() else default)
+
+
+def chosen_family(default: str, argv: list[str] | None, exp_dir_flags: bool = False) -> str:
+    from anyphone.evaluation.run import chosen_family as chosen
+
+    return chosen(default, argv, exp_dir_flags)
+
+
+def get_train_parser(family: str, description: str | None = None, argv: list[str] | None = None
+                     ) -> argparse.ArgumentParser:
+    """train.py's flags: the loop's, the data's, ``--family`` (default ``family``) and the chosen family's own
+    (``argv``'s ``--family``, else ``family``)."""
     from anyphone.data.module import PhoneDataModule
-    from anyphone.models.presets import add_model_arguments
+    from anyphone.evaluation.run import add_family_argument
 
-    task = get_task(task_name)
+    chosen = _family_for_flags(chosen_family(family, argv) if argv is not None else family, family)
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     add_training_arguments(parser)
-    add_model_arguments(parser)
     PhoneDataModule.add_arguments(parser)
-    task.add_arguments(parser)
+    add_family_argument(parser, family)
+    chosen.add_arguments(parser)
     return parser
 
 
-def train_main(task_name: str, argv: list[str] | None = None, description: str | None = None) -> None:
-    parser = get_train_parser(task_name, description)
+def train_main(family: str, argv: list[str] | None = None, description: str | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = get_train_parser(family, description, argv)
     args = parser.parse_args(argv)
-    run(args, get_task(task_name))
+    run(args, get_family(args.family))
 
 
-def get_decode_parser(task_name: str, description: str | None = None) -> argparse.ArgumentParser:
+def get_decode_parser(family: str, description: str | None = None, argv: list[str] | None = None
+                      ) -> argparse.ArgumentParser:
+    """decode.py's flags, with the flags of the family that ``argv`` names (``--family``, or the exp dir's
+    config.json; else ``family``)."""
     from anyphone.data.module import PhoneDataModule
-    from anyphone.decoding.run import add_decode_arguments
-    from anyphone.models.presets import add_model_arguments
+    from anyphone.evaluation.run import add_decode_arguments, add_family_argument
 
+    chosen = _family_for_flags(chosen_family(family, argv, exp_dir_flags=True) if argv is not None else family,
+                               family)
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_decode_arguments(parser)
-    add_model_arguments(parser)
     PhoneDataModule.add_arguments(parser)
-    get_task(task_name).add_arguments(parser)
+    add_family_argument(parser, None)
+    chosen.add_arguments(parser)
     return parser
 
 
-def decode_main_cli(task_name: str, argv: list[str] | None = None, description: str | None = None):
-    from anyphone.decoding.run import decode_main
+def decode_main_cli(family: str, argv: list[str] | None = None, description: str | None = None):
+    from anyphone.evaluation.run import decode_main
 
-    args = get_decode_parser(task_name, description).parse_args(argv)
-    return decode_main(args, get_task(task_name))
+    argv = sys.argv[1:] if argv is None else argv
+    args = get_decode_parser(family, description, argv).parse_args(argv)
+    return decode_main(args, family)

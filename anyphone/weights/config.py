@@ -1,61 +1,33 @@
-"""The Zipformer configuration of a state_dict, and the model it builds.
+"""The Zipformer configuration of a state_dict: presets tried first, then every shape read off the tensors.
 
-:func:`config_from_state_dict` tells (family, config, use_ctc) from the tensors alone, so nobody passes
-``--model-size`` for a published checkpoint; :func:`build_model` builds the model of a family.
+Family-free: the model families (:mod:`anyphone.families`) say which head sizes a state_dict has and how to
+build the model whose keys and shapes it must match; :func:`zipformer_config_from_state_dict` does the rest, so
+nobody passes ``--model-size`` for a published checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from anyphone.models.presets import PRESETS, ZipformerConfig
 from anyphone.utils import state_dict_mismatch
-from anyphone.weights.safe_load import FAMILIES, model_family
 
-__all__ = ["build_model", "config_from_state_dict", "derive_config", "head_sizes", "shapes_match"]
+__all__ = ["derive_config", "shapes_match", "zipformer_config_from_state_dict"]
 
 log = logging.getLogger("anyphone.weights")
 
 
-def head_sizes(sd: Mapping[str, Any], family: str) -> dict[str, int]:
-    """The output-side sizes of a state_dict (vocab; a transducer's joiner/decoder dims and context size), as
-    ZipformerConfig fields."""
-    out: dict[str, int] = {}
-    if family == "transducer":
-        out["vocab_size"] = int(sd["joiner.output_linear.weight"].shape[0])
-        out["joiner_dim"] = int(sd["joiner.output_linear.weight"].shape[1])
-        out["decoder_dim"] = int(sd["decoder.embedding.weight"].shape[1])
-        conv = sd.get("decoder.conv.weight")
-        out["context_size"] = int(conv.shape[-1]) if conv is not None else 1
-    else:
-        out["vocab_size"] = int(sd["ctc_output.1.weight"].shape[0])
-    return out
-
-
-def build_model(family: str, cfg: ZipformerConfig, use_ctc: bool = False) -> torch.nn.Module:
-    """The (untrained) model of a family: CtcModel for "crctc", TransducerModel (with a joint CTC head when
-    ``use_ctc``) for "transducer"."""
-    if family not in FAMILIES:
-        raise ValueError(f"family={family!r}, expected one of {FAMILIES}")
-    if family == "transducer":
-        from anyphone.models.transducer import TransducerModel
-
-        return TransducerModel(cfg, use_ctc=use_ctc)
-    from anyphone.models.ctc import CtcModel
-
-    return CtcModel(cfg)
-
-
-def shapes_match(family: str, cfg: ZipformerConfig, sd: Mapping[str, Any], use_ctc: bool) -> str | None:
-    """None if a model built from ``cfg`` has exactly the keys and shapes of ``sd``, else the first difference."""
+def shapes_match(make_model: Callable[[], torch.nn.Module], sd: Mapping[str, Any]) -> str | None:
+    """None if ``make_model()`` (built on the meta device, no memory) has exactly the keys and shapes of ``sd``,
+    else the first difference."""
     try:
         with torch.device("meta"):
-            model = build_model(family, cfg, use_ctc)
+            model = make_model()
     except (ValueError, AssertionError, RuntimeError) as e:
         return f"cannot build ({e})"
     return state_dict_mismatch(model.state_dict(), sd)
@@ -144,25 +116,21 @@ def derive_config(sd: Mapping[str, Any], heads: dict[str, int]) -> ZipformerConf
     )
 
 
-def config_from_state_dict(
-    sd: Mapping[str, Any], config: ZipformerConfig | Mapping[str, Any] | str | None = None
-) -> tuple[str, ZipformerConfig, bool]:
-    """Tell (family, config, use_ctc) from a ZIPA/anyphone state_dict, so users never pass ``--model-size``.
+def zipformer_config_from_state_dict(
+    sd: Mapping[str, Any], heads: Mapping[str, int], make_model: Callable[[ZipformerConfig], torch.nn.Module],
+    config: ZipformerConfig | Mapping[str, Any] | str | None = None,
+) -> ZipformerConfig:
+    """The ZipformerConfig of a state_dict whose output-side sizes are ``heads`` (ZipformerConfig fields: vocab,
+    a transducer's decoder/joiner dims...) and whose model ``make_model(cfg)`` builds.
 
-    family: "crctc" (``ctc_output.1.*``) or "transducer" (``decoder.*``/``joiner.*``; ``use_ctc`` when it also
-    has a CTC head). The config is ``config`` if given (a ZipformerConfig, a dict, or a preset name), else the
-    first preset (small, large, tiny, fixture_tiny) whose shapes match exactly, else one derived from the shapes.
-    Every candidate is checked against all keys and shapes.
+    The config is ``config`` if given (a ZipformerConfig, a dict, or a preset name), else the first preset
+    (small, large, tiny, fixture_tiny) whose shapes match exactly, else one derived from the shapes. Every
+    candidate is checked against all keys and shapes.
 
     Raises:
         ValueError: not a Zipformer checkpoint, or shapes that fit no configuration (names the first mismatch).
     """
-    family = model_family(sd)
-    if family is None:
-        raise ValueError("state_dict has neither ctc_output.* (CR-CTC) nor decoder.*/joiner.* (transducer) "
-                         f"weights; first keys: {list(sd)[:5]}")
-    use_ctc = family == "transducer" and "ctc_output.1.weight" in sd
-    heads = head_sizes(sd, family)
+    heads = dict(heads)
     if config is not None:
         if isinstance(config, str):
             cfg = PRESETS[config].replace(**heads) if config in PRESETS else None
@@ -172,25 +140,23 @@ def config_from_state_dict(
             cfg = config
         else:
             cfg = ZipformerConfig.from_dict(dict(config))
-        why = shapes_match(family, cfg, sd, use_ctc)
+        why = shapes_match(lambda: make_model(cfg), sd)
         if why:
             raise ValueError(f"the given config ({cfg.name}) does not fit the checkpoint: {why}")
-        return family, cfg, use_ctc
+        return cfg
     sig = _stack_signature(sd)
     for name in ("small", "large", "tiny", "fixture_tiny"):
         cfg = PRESETS[name].replace(**heads)
         if sig != (cfg.stack(cfg.num_encoder_layers), cfg.encoder_dim_per_stack):
             continue  # cheap pre-check; building even a meta model takes a while
-        if shapes_match(family, cfg, sd, use_ctc) is None:
-            return family, cfg, use_ctc
+        if shapes_match(lambda c=cfg: make_model(c), sd) is None:
+            return cfg
     cfg = derive_config(sd, heads)
-    why = shapes_match(family, cfg, sd, use_ctc)
+    why = shapes_match(lambda: make_model(cfg), sd)
     if why:
         raise ValueError(f"checkpoint shapes fit no Zipformer configuration (derived one: {why}); pass config=")
     log.warning("model configuration derived from tensor shapes (no preset matches); attention heads assumed "
                 "%s x query %d / value %d / pos %d: put a config.json (ZipformerConfig.to_dict()) beside the "
                 "checkpoint if the model was trained with other head sizes", ",".join(map(str, cfg.num_heads)),
                 cfg.query_head_dim[0], cfg.value_head_dim[0], cfg.pos_head_dim[0])
-    return family, cfg, use_ctc
-
-
+    return cfg

@@ -216,6 +216,7 @@ def test_exported_models_are_written_atomically(tmp_path, monkeypatch):
     import onnx
 
     from anyphone.export import onnx as export_onnx
+    from anyphone.families import crctc as crctc_family
 
     path = _tiny_onnx(tmp_path / "model.onnx")
     export_onnx.add_meta_data(path, {"model_type": "ctc", "vocab_size": 5})
@@ -238,7 +239,7 @@ def test_exported_models_are_written_atomically(tmp_path, monkeypatch):
         raise RuntimeError("exporter crashed")
 
     monkeypatch.setattr(export_onnx, "_torch_export", dying_export)
-    monkeypatch.setattr(export_onnx, "CtcExportWrapper", lambda model: torch.nn.Identity())
+    monkeypatch.setattr(crctc_family, "CtcExportWrapper", lambda model: torch.nn.Identity())
 
     class _Ctc(torch.nn.Module):
         cfg = type("Cfg", (), {"feature_dim": 80, "to_dict": lambda self: {}, "name": "fake"})()
@@ -464,7 +465,7 @@ def _fixture_model():
 
 
 def test_decode_iter_pickled_or_corrupt_checkpoint_is_one_line(exp_dir):
-    from anyphone.decoding.run import load_decoding_weights
+    from anyphone.evaluation.run import load_decoding_weights
 
     model = _fixture_model()
     with pytest.raises(SystemExit) as e:
@@ -496,7 +497,7 @@ def test_wrong_shape_weights_name_the_file_the_tensor_and_the_flag(model, tmp_pa
     assert len(err) == 1 and err[0].startswith(f"anyphone: error: {model}: the given config (tiny) does not fit")
     assert "--model-size tiny is not the size it was trained with" in err[0]
     # decode.py / export.py: the model comes from the flags, the weights from --checkpoint
-    from anyphone.decoding.run import load_decoding_weights
+    from anyphone.evaluation.run import load_decoding_weights
 
     with pytest.raises(SystemExit) as e:
         load_decoding_weights(_decode_args(tmp_path, checkpoint=bad), _fixture_model())

@@ -1,4 +1,8 @@
-"""The decode service behind the recipes' decode.py: pick and average checkpoints, decode test sets, score.
+"""The decode service behind the recipes' decode.py: pick and average checkpoints, decode test sets with the
+model family's search, score.
+
+The family comes from ``--family``, else the exp dir's ``config.json``, else the weights' key names, else the
+recipe's own: an exp dir trained with ``train.py --family X`` decodes and exports with no flag.
 
 Writes, icefall style, into <exp-dir>/<decoding-method>/:
   recogs-<test-set>-<suffix>.txt   reference and hypothesis per cut
@@ -18,10 +22,10 @@ import torch
 from torch import nn
 
 from anyphone.decoding.options import DecodeOptions
-from anyphone.models.presets import ZipformerConfig, config_from_args, model_flag_dests
+from anyphone.families import UnknownFamilyError, detect_family, family_names, get_family
+from anyphone.families.base import ModelFamily
 from anyphone.utils import resolve_device, str2bool
 from anyphone.weights.checkpoint import CheckpointMismatchError, load_model_weights
-from anyphone.weights.config import build_model, config_from_state_dict, head_sizes
 from anyphone.weights.expdir import (
     CONFIG_FILE,
     model_section,
@@ -29,7 +33,7 @@ from anyphone.weights.expdir import (
     record_decode_options,
     select_state_dict,
 )
-from anyphone.weights.safe_load import UnsafeCheckpointError, model_family
+from anyphone.weights.safe_load import UnsafeCheckpointError
 
 log = logging.getLogger("anyphone.decode")
 
@@ -62,13 +66,43 @@ def add_checkpoint_arguments(g: argparse._ActionsContainer, verb: str = "Decode"
                    help=f"{verb} this file directly (a checkpoint or a plain state_dict such as a ZIPA .pth).")
 
 
+def add_family_argument(g: argparse._ActionsContainer, default: str | None) -> None:
+    """``--family``: the model family (a name of the registry in :mod:`anyphone.families`)."""
+    g.add_argument("--family", type=str, default=default, choices=family_names(),
+                   help="Model family. Default: " + (f"{default} (this recipe's); an exp dir's config.json and a "
+                   "checkpoint's weights name their own" if default else "the one the exp dir's config.json or "
+                   "the weights name"))
+
+
+def chosen_family(default: str, argv: list[str] | None, exp_dir_flags: bool = False) -> str:
+    """The family a command line asks for: ``--family``, else (``exp_dir_flags``: decode/export) the one the
+    ``--exp-dir``/``--checkpoint`` config.json records, else ``default``."""
+    import sys
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--family", type=str, default=None)
+    pre.add_argument("--exp-dir", type=Path, default=Path("exp"))
+    pre.add_argument("--checkpoint", type=Path, default=None)
+    known, _ = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if known.family is not None:
+        return known.family  # an unknown name is refused by the full parser's choices
+    if exp_dir_flags:
+        try:
+            recorded = recorded_family(known)
+        except SystemExit:
+            recorded = None  # the full run reports a broken config.json in its place
+        if recorded in family_names():
+            return recorded
+    return default
+
+
 def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("decoding (icefall names)")
     add_checkpoint_arguments(g)
     g.add_argument("--lang-dir", type=Path, default=Path("ipa_simplified"))
     g.add_argument("--decoding-method", type=str, default=None,
-                   help="crctc: ctc-greedy-search | ctc-prefix-beam-search; "
-                   "transducer: greedy_search | modified_beam_search (default: the greedy one)")
+                   help="The family's search: CTC families ctc-greedy-search | ctc-prefix-beam-search; "
+                   "transducer greedy_search | modified_beam_search (default: the family's greedy one)")
     g.add_argument("--beam-size", type=int, default=4)
     g.add_argument("--max-sym-per-frame", type=int, default=1)
     g.add_argument("--blank-penalty", type=_finite_float, default=0.0,
@@ -127,59 +161,107 @@ def _size_hint(state_dict) -> str:
     """What to pass for weights that do not fit the model flags: the size preset they match, if any."""
     if state_dict is not None:
         try:
-            _, cfg, _ = config_from_state_dict(state_dict)
-            if cfg.name in ("tiny", "small", "large"):
+            cfg, _ = detect_family(state_dict).config_from_state_dict(state_dict)
+            if getattr(cfg, "name", None) in ("tiny", "small", "large"):
                 return f"they are a {cfg.name} model: pass --model-size {cfg.name}"
         except (ValueError, KeyError, RuntimeError, AssertionError):
             pass  # no preset fits: the generic advice below
     return "pass the model flags it was trained with (--model-size, --encoder-dim, ...)"
 
 
-def model_config_for(args: argparse.Namespace, family: str, state_dict: dict) -> tuple[ZipformerConfig, bool]:
-    """The configuration to decode (or export) ``state_dict`` with, and whether a transducer has a CTC head.
-
-    An exp dir describes itself: its ``config.json`` (or, for --checkpoint FILE, a ``FILE.json`` or
-    ``config.json`` beside it) gives the model, so --model-size is not needed; given anyway and different, it
-    is an error (one line). Without a config.json the model flags give it when any is passed, else the tensors
-    (a ZIPA checkpoint needs no flag). The result is checked against every tensor's shape.
-    """
-    if args.checkpoint is not None:
+def _config_card(args: argparse.Namespace) -> tuple[Path | None, dict | None]:
+    """The config.json describing the weights the flags name: the exp dir's, or for --checkpoint FILE a
+    ``FILE.json`` or ``config.json`` beside it; and its contents."""
+    if getattr(args, "checkpoint", None) is not None:
         ckpt = Path(args.checkpoint)
         candidates = [ckpt.with_suffix(".json"), ckpt.parent / CONFIG_FILE]
     else:
         candidates = [Path(args.exp_dir) / CONFIG_FILE]
     where = next((p for p in candidates if p.is_file()), None)
     try:
-        card = read_config(where) if where is not None else None
+        return where, (read_config(where) if where is not None else None)
     except ValueError as e:
         raise SystemExit(str(e)) from None
+
+
+def recorded_family(args: argparse.Namespace) -> str | None:
+    """The family named by the config.json of the weights the flags name (None without one)."""
+    _, card = _config_card(args)
+    name = card.get("family") if card is not None else None
+    return name if isinstance(name, str) else None
+
+
+def resolve_family(args: argparse.Namespace, default: str | ModelFamily | None, state_dict: dict | None = None
+                   ) -> ModelFamily:
+    """The family to decode (or export) with: ``--family``, else config.json's, else the weights', else
+    ``default``. A ``--family`` that contradicts config.json or the weights is a one-line SystemExit."""
+    where, card = _config_card(args)
+    asked = getattr(args, "family", None)
+    recorded = card.get("family") if card is not None else None
+    label = where if where is not None else (getattr(args, "checkpoint", None) or args.exp_dir)
+    try:
+        if recorded is not None:
+            family = get_family(recorded)
+        elif state_dict is not None:
+            try:
+                family = detect_family(state_dict)
+            except ValueError:
+                family = get_family(asked or default)
+        else:
+            family = get_family(asked or default)
+    except UnknownFamilyError as e:
+        raise SystemExit(f"{label}: {e}") from None
+    if asked is not None and asked != family.name and asked not in family.aliases and (
+            recorded is not None or state_dict is not None):
+        raise SystemExit(f"{label}: the model is a {family.name} model, not --family {asked}; drop the flag "
+                         "(the exp dir describes the model)")
+    return family
+
+
+def model_config_for(args: argparse.Namespace, family: ModelFamily, state_dict: dict) -> tuple[object, dict]:
+    """The configuration to decode (or export) ``state_dict`` with, and the family's build options (a
+    transducer's joint CTC head).
+
+    An exp dir describes itself: its ``config.json`` (or, for --checkpoint FILE, a ``FILE.json`` or
+    ``config.json`` beside it) gives the model, so --model-size is not needed; given anyway and different, it
+    is an error (one line). Without a config.json the model flags give it when any is passed, else the tensors
+    (a ZIPA checkpoint needs no flag). The result is checked against every tensor's shape.
+    """
+    where, card = _config_card(args)
     model = model_section(card)
-    if card is not None and card.get("family", family) != family:
-        raise SystemExit(f"{where}: the model is a {card['family']} model; decode and export it with "
-                         f"zipformer_{card['family']}/")
+    if card is not None and card.get("family", family.name) != family.name:
+        raise SystemExit(f"{where}: the model is a {card['family']} model, not a {family.name} one")
     given_size = getattr(args, "model_size", None)
     if model is not None:
-        cfg = ZipformerConfig.from_dict(model)
-        if given_size is not None and given_size != cfg.name:
+        try:
+            cfg = family.config_from_dict(model)
+        except (TypeError, ValueError, KeyError) as e:
+            raise SystemExit(f"{where}: not a {family.name} model configuration ({_first_line(e)})") from None
+        if given_size is not None and given_size != getattr(cfg, "name", given_size):
             raise SystemExit(f"{where}: the model was trained with --model-size {cfg.name}, not --model-size "
                              f"{given_size}; drop the flag (config.json describes the model)")
-    elif given_size is not None or any(getattr(args, dest, None) is not None for dest in model_flag_dests()):
-        cfg = config_from_args(args)
-        found = model_family(state_dict)
-        if found is not None:  # the output sizes are the tensors' (the flags describe the encoder)
-            cfg = cfg.replace(**head_sizes(state_dict, found))
+    elif family.model_flags_given(args):
+        # the output sizes are the tensors' (the flags describe the encoder)
+        try:
+            cfg = family.config_for_weights(args, state_dict)
+        except KeyError:  # weights of another family: the check below names them
+            cfg = family.config_from_args(args)
     else:
         cfg = None
     label = where if where is not None else (args.checkpoint or args.exp_dir)
+    if not family.recognises(state_dict):
+        try:
+            found = detect_family(state_dict).name
+        except ValueError as e:
+            raise SystemExit(f"{label}: {_first_line(e)}") from None
+        raise SystemExit(f"{label}: these weights are a {found} model, not a {family.name} one; decode and export "
+                         f"them with --family {found}")
     try:
-        found, cfg, use_ctc = config_from_state_dict(state_dict, cfg)
+        cfg, options = family.config_from_state_dict(state_dict, cfg)
     except ValueError as e:
         hint = _size_hint(state_dict) if model is None else f"{where} does not describe these weights"
         raise SystemExit(f"{label}: {_first_line(e)}; {hint}") from None
-    if found != family:
-        raise SystemExit(f"{label}: these weights are a {found} model; decode and export them with "
-                         f"zipformer_{found}/")
-    return cfg, use_ctc
+    return cfg, options
 
 
 @torch.no_grad()
@@ -206,11 +288,12 @@ def decode_options_from_args(args: argparse.Namespace, family_default: str) -> D
         raise SystemExit(f"decode options: {e}") from None
 
 
-def decode_main(args: argparse.Namespace, task) -> dict[str, dict[str, float]]:
+def decode_main(args: argparse.Namespace, family: str | ModelFamily | None = None) -> dict[str, dict[str, float]]:
     """Decode every --test-shar set with the weights and options the flags name; write and return the scores.
 
-    The model is described by the exp dir's config.json (see :func:`model_config_for`); ``task`` (a family's
-    task object: ``name``, ``decode``, ``output_downsampling_factor``) runs the search.
+    The model is described by the exp dir's config.json (see :func:`model_config_for`), its family by
+    :func:`resolve_family` (``family``: the recipe's, used when nothing else names one); the family's ``decode``
+    runs the search.
     """
     from anyphone.data.module import PhoneDataModule
     from anyphone.decoding import scoring
@@ -223,18 +306,22 @@ def decode_main(args: argparse.Namespace, task) -> dict[str, dict[str, float]]:
         device = resolve_device(args.device)
     except ValueError as e:
         raise SystemExit(f"--device: {e}") from None
-    options = decode_options_from_args(args, task.default_decoding_method)
-    args.decoding_method = options.method  # the task's search reads its options from args
     tokenizer = IpaTokenizer.from_dir(args.lang_dir)
     sd, source = select_decoding_weights(args)
-    cfg, use_ctc = model_config_for(args, task.name, sd)
-    model = build_model(task.name, cfg.replace(vocab_size=tokenizer.vocab_size), use_ctc)
+    task = resolve_family(args, family, sd)
+    options = decode_options_from_args(args, task.default_decoding_method)
+    if options.method not in task.decoding_methods:
+        raise SystemExit(f"--decoding-method {options.method}: {task.name} models decode with "
+                         f"{' or '.join(task.decoding_methods)}")
+    args.decoding_method = options.method  # the family's search reads its options from args
+    cfg, build_options = model_config_for(args, task, sd)
+    model = task.build(cfg.replace(vocab_size=tokenizer.vocab_size), **build_options)
     try:
         load_model_weights(model, sd, source)
     except CheckpointMismatchError as e:  # the tokens, not the shapes checked above: vocab size
         raise SystemExit(f"{e}; --lang-dir {args.lang_dir} must hold the tokens it was trained with") from None
     model.to(device).eval()
-    log.info("Decoding with %s (%s), %s parameters", source, options.method,
+    log.info("Decoding %s model %s (%s), %s parameters", task.name, source, options.method,
              f"{sum(p.numel() for p in model.parameters()):,}")
 
     suffix = checkpoint_suffix(args)
