@@ -206,7 +206,7 @@ def _tiny_onnx(path: Path) -> Path:
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     m.ir_version = 8
     onnx.save(m, str(path))
-    (path.parent / "tokens.txt").write_text("<blk> 0\na 1\nb 2\nd 3\ne 4\n", encoding="utf-8")
+    (path.parent / "tokens.txt").write_text("<blk> 0\n<unk> 1\na 2\nb 3\nd 4\n", encoding="utf-8")
     return path
 
 
