@@ -254,7 +254,7 @@ def _load(args: argparse.Namespace):
         torch.set_num_threads(args.num_threads)
     try:
         return load_model(args.model, device=args.device, iter=args.iter, avg=args.avg, epoch=args.epoch,
-                          tokens=args.tokens, revision=args.revision, batch_size=args.batch_size,
+                          use_averaged_model=args.use_averaged_model, tokens=args.tokens, revision=args.revision, batch_size=args.batch_size,
                           chunk_seconds=args.chunk_seconds, config=getattr(args, "model_size", None))
     except CheckpointShapeError as e:
         # the API's message says config=; on the command line the knob is --model-size
@@ -579,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--iter", type=int, default=None, help="Exp dir: use checkpoint-ITER.pt (with --avg).")
     r.add_argument("--epoch", type=int, default=None, help="Exp dir: use epoch-EPOCH.pt (with --avg).")
     r.add_argument("--avg", type=int, default=None, help="Exp dir: number of checkpoints to average.")
+    r.add_argument("--use-averaged-model", type=_str2bool, default=True,
+                   help="Exp dir with --iter/--epoch: the running averages kept in the checkpoints, as decode.py "
+                   "averages them (default 1; 0: the raw weights).")
     r.add_argument("--tokens", default=None, help="tokens.txt to use instead of the one beside the model.")
     r.add_argument("--model-size", default=None, choices=["tiny", "small", "large"],
                    help="Size preset of a .pth or exp dir model; normally told from its weights, needed only if "
@@ -628,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
                      ("--chunk-seconds", {"type": _positive_float, "default": 30.0}),
                      ("--iter", {"type": int, "default": None}), ("--epoch", {"type": int, "default": None}),
                      ("--avg", {"type": int, "default": None}), ("--tokens", {"default": None}),
+                     ("--use-averaged-model", {"type": _str2bool, "default": True}),
                      ("--revision", {"default": None}), ("--num-threads", {"type": int, "default": 0})):
         a.add_argument(flag, help="As for recognize.", **kw)
     a.add_argument("-q", "--quiet", action="store_true", help="No notes.")

@@ -35,11 +35,11 @@ from torch.utils._pytree import tree_flatten
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import make_batch
 
+from anyphone.families.crctc import CrCtcFamily
 from anyphone.models.ctc import CtcModel
 from anyphone.models.presets import get_preset
 from anyphone.models.scaling import set_batch_count
 from anyphone.optim import ScaledAdam
-from anyphone.training.tasks import CrCtcTask
 
 # operators that return views or metadata without a kernel of their own
 _FREE = {"aten._unsafe_view.default", "aten.detach.default", "aten.lift_fresh.default"}
@@ -123,7 +123,7 @@ def count_step(size: str, seconds: float, steps: int) -> OpRecorder:
     random.seed(0)  # which Balancer / Whiten modules act is drawn from Python's RNG
     model = CtcModel(get_preset(size)).train()
     opt = ScaledAdam(list(model.named_parameters()), lr=0.045, clipping_scale=2.0)
-    task = CrCtcTask()
+    task = CrCtcFamily()
     args = SimpleNamespace(use_cr_ctc=True, enable_model_spec_aug=True, time_mask_ratio=2.5, cr_loss_scale=0.15,
                            cr_warmup_batches=0, ctc_loss_scale=1.0, use_unsup_cr_ctc=False,
                            unsup_cr_ctc_loss_scale=0.5)

@@ -18,12 +18,12 @@ from types import SimpleNamespace
 
 import torch
 
+from anyphone.families.crctc import CrCtcFamily
 from anyphone.models.ctc import CtcModel
 from anyphone.models.presets import get_preset
 from anyphone.models.scaling import set_batch_count
 from anyphone.optim import ScaledAdam
 from anyphone.training.loop import tune_cpu_allocator
-from anyphone.training.tasks import CrCtcTask
 
 
 def make_batch(batch_seconds: float, device: torch.device, gen: torch.Generator) -> dict:
@@ -44,7 +44,7 @@ def measure(size: str, device: torch.device, dtype: str, batch_seconds: float, s
     model = CtcModel(get_preset(size)).to(device).train()
     params = sum(p.numel() for p in model.parameters())
     opt = ScaledAdam(list(model.named_parameters()), lr=0.045, clipping_scale=2.0)
-    task = CrCtcTask()
+    task = CrCtcFamily()
     args = SimpleNamespace(use_cr_ctc=True, enable_model_spec_aug=True, time_mask_ratio=2.5, cr_loss_scale=0.15,
                            cr_warmup_batches=0, ctc_loss_scale=1.0, use_unsup_cr_ctc=False,
                            unsup_cr_ctc_loss_scale=0.5)

@@ -216,7 +216,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     root = Path(args.set)
     rows = [json.loads(x) for x in (root / "alignments.jsonl").read_text(encoding="utf-8").splitlines() if x]
     rows = rows[: args.max_utts]
-    rec = load_model(args.model, iter=args.iter, avg=args.avg, batch_size=4)
+    rec = load_model(args.model, iter=args.iter, avg=args.avg, use_averaged_model=bool(args.use_averaged_model),
+                     batch_size=4)
     grid = [(s, m) for s in (0.3, 0.5, 0.7, 0.85, 1.0) for m in (0.04, 0.1, 0.2, 1.0)] if args.sweep else []
     per_lang: dict[str, list[float]] = {}
     sweep: dict[tuple[float, float], list[float]] = {g: [] for g in grid}
@@ -262,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("-m", "--model", required=True, help="as for anyphone recognize (an exp dir, a .pth, ...)")
     s.add_argument("--iter", type=int, default=None)
     s.add_argument("--avg", type=int, default=None)
+    s.add_argument("--use-averaged-model", type=int, choices=[0, 1], default=1,
+                   help="with --iter: the running averages, as decode.py (1), or the raw weights (0)")
     s.add_argument("--max-utts", type=int, default=300)
     from anyphone.alignment.ctc import DEFAULT_MAX_SHARE, DEFAULT_SPLIT
 

@@ -404,7 +404,7 @@ def test_exp_dir_with_iter_and_avg(model_dir, tmp_path, wave, rec):
     # --avg 2 with the running averages: (A_30 * 30 - A_10 * 10) / 20 of identical weights is the same model
     torch.save({"model": sd, "model_avg": sd, "batch_idx_train": 30}, exp / "checkpoint-30.pt")
     r3 = load_model(exp, iter=30, avg=2, batch_size=1)
-    assert r3.name.endswith("iter-30-avg-2") and r3.recognize(wave) == ref
+    assert r3.name.endswith("iter-30-avg-2-use-averaged-model") and r3.recognize(wave) == ref
     with pytest.raises(ValueError, match="exp dir"):
         load_model(model_dir, iter=10)
 
@@ -536,3 +536,27 @@ def test_plot_posteriorgram(rec, wave, tmp_path):
         plot_posteriorgram(rec.recognize(wave, return_result=True), tmp_path / "q.png")
     silent = rec.recognize(np.zeros(SR, dtype=np.float32), return_result=True, keep_posteriors=True)
     assert plot_posteriorgram(silent, tmp_path / "s.png").is_file()
+
+
+def test_exp_dir_selection_is_decode_pys(model_dir, tmp_path):
+    """load_model(exp, iter, avg) takes the weights decode.py scores with the same flags, --avg 1 included (the
+    running averages of the checkpoint and the one before), and the raw weights with use_averaged_model=False."""
+    from anyphone.weights.expdir import select_state_dict
+
+    sd = torch.load(model_dir, weights_only=True)
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for step in (10, 20):
+        noisy = {k: v + 0.01 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in sd.items()}
+        avg = {k: v + 0.02 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in sd.items()}
+        torch.save({"model": noisy, "model_avg": avg, "batch_idx_train": step}, exp / f"checkpoint-{step}.pt")
+    (exp / "tokens.txt").write_bytes((model_dir.parent / "tokens.txt").read_bytes())
+    for use_avg in (True, False):
+        want, _ = select_state_dict(exp, iter=20, avg=1, use_averaged_model=use_avg)
+        got = load_model(exp, iter=20, avg=1, use_averaged_model=use_avg, batch_size=1).model.state_dict()
+        assert all(torch.equal(got[k].cpu(), want[k].to(got[k].dtype)) for k in want)
+        raw = torch.load(exp / "checkpoint-20.pt", weights_only=True)["model"]
+        assert any(not torch.equal(got[k].cpu(), raw[k]) for k in raw if raw[k].is_floating_point()) == use_avg
+    with pytest.raises(FileNotFoundError, match="--use-averaged-model 0 takes the raw weights"):
+        load_model(exp, iter=10, avg=1)

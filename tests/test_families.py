@@ -137,10 +137,6 @@ def test_unknown_family_is_one_line_naming_the_known_ones():
         get_family("conformer_ctc")
     msg = str(e.value)
     assert "\n" not in msg and "'conformer_ctc'" in msg and all(n in msg for n in REGISTRY)
-    from anyphone.training.tasks import get_task
-
-    with pytest.raises(SystemExit, match="known families: crctc"):
-        get_task("nope")
     from anyphone.training.recipe import get_train_parser
 
     assert get_train_parser("crctc").parse_args([]).family == "crctc"

@@ -249,10 +249,10 @@ def test_prepare_data_with_dev_dir_reuses_and_guards(kaldi_dir, tmp_path, capsys
 def test_schedule_wrapper_pickles_for_ddp_and_delegates():
     import pickle
 
+    from anyphone.families import get_family
     from anyphone.training.finetune import _PretrainedScheduleTask
-    from anyphone.training.tasks import get_task
 
-    task = pickle.loads(pickle.dumps(_PretrainedScheduleTask(get_task("transducer"), 50000.0)))
+    task = pickle.loads(pickle.dumps(_PretrainedScheduleTask(get_family("transducer"), 50000.0)))
     assert task.name == "transducer" and task.output_downsampling_factor == 2 and task.offset == 50000.0
 
 

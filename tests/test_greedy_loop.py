@@ -140,7 +140,7 @@ def tiny_onnx(tmp_path_factory):
     """The tiny transducer's decoder and joiner as ONNX sessions (the wrappers the exporter uses; the encoder is
     not needed to compare the searches and is the slow part of an export)."""
     pytest.importorskip("onnxruntime")
-    from anyphone.export.onnx import DecoderExportWrapper, JoinerExportWrapper
+    from anyphone.families.transducer import DecoderExportWrapper, JoinerExportWrapper
     from anyphone.inference.onnx_runtime import make_session
 
     model = _tiny_transducer()

@@ -24,6 +24,7 @@ def _tiny_state_dict() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return {
         "encoder_embed.out.weight": torch.randn(192, 8, generator=g),
+        "encoder.encoders.0.bypass_scale": torch.full((192,), 0.5),
         "ctc_output.1.weight": torch.randn(6, 192, generator=g),
         "ctc_output.1.bias": torch.zeros(6),
     }
@@ -56,6 +57,9 @@ def test_registry_covers_readme_table():
     t = hub.MODELS["zipa-t-large-500k"]
     assert (t.family, t.size, t.checkpoint) == ("transducer", "large", "zipa_large_noncausal_500000_avg10.pth")
     assert {m.family for m in hub.MODELS.values()} == {"crctc", "transducer"}
+    from anyphone.families import REGISTRY
+
+    assert {m.family for m in hub.MODELS.values()} <= set(REGISTRY)  # the catalogue names registered families
     assert all(m.repo_id.startswith("anyspeech/") for m in hub.MODELS.values())
 
 

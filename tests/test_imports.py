@@ -21,7 +21,7 @@ services (layer 3), in this order; each imports the layers below and only the se
     ``inference`` the hub, audio input, the recogniser and the ONNX runtime (uses decoding's CTC search and
                   alignment's blank sharing);
     ``export``    ONNX export (reads weights the way decode.py does);
-    ``training``  the loop, tasks, fine-tuning (validation decodes and scores; finetune fetches models
+    ``training``  the loop, fine-tuning (validation decodes and scores; finetune fetches models
                   from the hub) and the recipes' train/decode command lines;
     ``tuning``    hyper-parameter search around training runs.
 faces (layer 4): ``cli``. The recipes (``zipformer_*/``), ``local/`` and ``benchmarks/`` are faces too and live

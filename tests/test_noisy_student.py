@@ -18,6 +18,7 @@ from training_fixtures import REPO as ROOT
 
 from anyphone.data.module import PhoneDataModule
 from anyphone.data.shar import DataError, label_kind, make_cut, open_shar, write_shar
+from anyphone.families import get_family
 from anyphone.text.tokenizer import IpaTokenizer
 from anyphone.training.pseudo_label import (
     PseudoLabelConfig,
@@ -28,7 +29,6 @@ from anyphone.training.pseudo_label import (
     read_shar_texts,
 )
 from anyphone.training.recipe import get_train_parser
-from anyphone.training.tasks import get_task
 
 TOK = IpaTokenizer.default()
 
@@ -69,7 +69,7 @@ def _batch(kinds: list[str], t: int = 60) -> dict:
 def _grad_rows(args, kinds: list[str]) -> tuple[torch.Tensor, dict]:
     batch = _batch(kinds)
     torch.manual_seed(2)
-    loss, info = get_task("crctc").compute_loss(_model(), batch, args, 10, True)
+    loss, info = get_family("crctc").compute_loss(_model(), batch, args, 10, True)
     loss.backward()
     return batch["features"].grad.abs().sum(dim=(1, 2)), info
 
@@ -92,7 +92,7 @@ def test_unlabelled_cut_gets_no_ctc_gradient_but_the_consistency_term():
 
 
 def test_weights_of_unlabelled_consistency_and_pseudo_ctc():
-    task = get_task("crctc")
+    task = get_family("crctc")
 
     def loss_of(kinds, *argv):
         torch.manual_seed(3)
@@ -113,7 +113,7 @@ def test_weights_of_unlabelled_consistency_and_pseudo_ctc():
 
 def test_a_batch_with_unlabelled_cuts_is_refused_when_the_flag_is_off():
     with pytest.raises(ValueError, match="unlabelled1.*--use-unsup-cr-ctc is off"):
-        get_task("crctc").compute_loss(_model(), _batch(["labelled", "unlabelled"]), _crctc_args(), 10, True)
+        get_family("crctc").compute_loss(_model(), _batch(["labelled", "unlabelled"]), _crctc_args(), 10, True)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -256,7 +256,10 @@ class _ScriptedTeacher(torch.nn.Module):
 
 def _scripted() -> Teacher:
     a, b = TOK.encode_one("ab")
-    return Teacher(_ScriptedTeacher(a, b, TOK.vocab_size), TOK, "scripted", torch.device("cpu"))
+    from anyphone.families.base import CtcFamily
+
+    # the CTC families' shared hook runs any module whose forward gives (log-probs, lengths)
+    return Teacher(_ScriptedTeacher(a, b, TOK.vocab_size), CtcFamily(), TOK, "scripted", torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -365,7 +368,7 @@ def test_teacher_pseudo_labels_student(tmp_path):
               "--num-epochs", "50", "--save-every-n", "2", "--log-interval", "1", *SMALL_MODEL, *NO_AUG]
     teacher = tmp_path / "teacher"
     train(get_train_parser("crctc").parse_args(["--exp-dir", str(teacher), "--train-shar", str(ns / "labelled"),
-                                                "--max-batches", "4", *common]), get_task("crctc"))
+                                                "--max-batches", "4", *common]), get_family("crctc"))
     rc = face.main(["--teacher", str(teacher), "--iter", "4", "--avg", "1", "--input", str(ns / "unlabelled"),
                     "--output", str(ns / "pseudo"), "--num-threads", "1", "--progress", "0",
                     "--reference-shar", str(corpus / "train")])
@@ -379,7 +382,7 @@ def test_teacher_pseudo_labels_student(tmp_path):
     student = tmp_path / "student"
     state = train(get_train_parser("crctc").parse_args(
         ["--exp-dir", str(student), "--train-shar", f"{ns / 'labelled'}:1", "--train-shar", f"{ns / 'pseudo'}:2",
-         "--use-unsup-cr-ctc", "1", "--max-batches", "4", *common]), get_task("crctc"))
+         "--use-unsup-cr-ctc", "1", "--max-batches", "4", *common]), get_family("crctc"))
     assert state.batch_idx_train == 4
     log = (student / "log" / "log-train-0.txt").read_text()
     assert f"({counts['labelled']} labelled, " in log

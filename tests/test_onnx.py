@@ -230,7 +230,7 @@ print("OK", [m for m in ("torch", "lhotse", "sentencepiece") if m in sys.modules
 def test_convert_to_fp16_keeps_float32_io(tmp_path):
     import onnx
 
-    from anyphone.export.onnx import convert_to_fp16
+    from anyphone.export.onnx_files import convert_to_fp16
 
     class Tiny(torch.nn.Module):
         def __init__(self):
@@ -264,7 +264,7 @@ def test_convert_to_fp16_keeps_float32_io(tmp_path):
 
 
 def _export_fixture(tmp_path_factory, kind: str):
-    from anyphone.export.onnx import export_main, get_export_parser
+    from anyphone.export.recipe import export_main, get_export_parser
 
     d = torch.load(ZIPA / f"tiny_{kind}.pt", weights_only=True)
     out = tmp_path_factory.mktemp(f"fixture_{kind}")

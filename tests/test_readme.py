@@ -261,7 +261,7 @@ def _demo_default(name: str) -> str:
 def test_commands_on_the_demo_model_name_what_make_demo_leaves():
     """`--iter` on zipformer_crctc/exp-demo is the demo's last checkpoint (the loop always saves the last
     batch), the model size is the demo's, and the ONNX file decoded is the one the export command writes."""
-    from anyphone.export.onnx import _label, get_export_parser
+    from anyphone.export.recipe import _label, get_export_parser
 
     demo_cmds = [argv for argv in readme_commands() if any("exp-demo" in t for t in argv)]
     assert demo_cmds, "README shows no command on the demo's model"

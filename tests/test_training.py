@@ -18,9 +18,9 @@ import torch
 from training_fixtures import NO_AUG, SMALL_MODEL, write_tone_corpus
 from training_fixtures import REPO as ROOT
 
+from anyphone.families import get_family
 from anyphone.training.loop import train
 from anyphone.training.recipe import get_train_parser
-from anyphone.training.tasks import get_task
 from anyphone.weights import checkpoint as ckpt
 
 
@@ -50,7 +50,7 @@ def test_crctc_training_loss_falls(corpus, tmp_path):
     args = _args(corpus, exp, "--num-epochs", "20", "--max-batches", "40", "--base-lr", "0.05",
                  "--dev-shar", str(corpus / "dev"), "--valid-interval", "20", "--save-every-n", "20",
                  "--valid-every-epoch", "0")
-    state = train(args, get_task("crctc"))
+    state = train(args, get_family("crctc"))
     assert state.batch_idx_train == 40
     losses = _metrics(exp, "train", "loss")
     assert len(losses) >= 10
@@ -73,7 +73,7 @@ def test_kill_after_first_checkpoint_then_resume(corpus, tmp_path):
     # 3 batches per epoch: checkpoints at 2, 4 (mid-epoch) and 6 (an epoch boundary)
     common = ["--num-epochs", "50", "--save-every-n", "2", "--keep-last-k", "0"]
     straight = tmp_path / "straight"
-    train(_args(corpus, straight, *common, "--max-batches", "8"), get_task("crctc"))
+    train(_args(corpus, straight, *common, "--max-batches", "8"), get_family("crctc"))
 
     killed = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / "zipformer_crctc" / "train.py"),
@@ -92,7 +92,7 @@ def test_kill_after_first_checkpoint_then_resume(corpus, tmp_path):
     assert first, "the killed run left no checkpoint"
     assert max(int(p.stem.split("-")[1]) for p in first) < 8, "the run went too far before the kill"
 
-    state = train(_args(corpus, killed, *common, "--max-batches", "8"), get_task("crctc"))
+    state = train(_args(corpus, killed, *common, "--max-batches", "8"), get_family("crctc"))
     assert state.batch_idx_train == 8
     a, b = _weights(straight / "checkpoint-8.pt"), _weights(killed / "checkpoint-8.pt")
     assert a.keys() == b.keys()
@@ -112,7 +112,7 @@ def _argv(corpus: Path, exp: Path, *extra: str) -> list[str]:
 
 
 def test_non_finite_batches_are_skipped_and_counted(corpus, tmp_path, monkeypatch):
-    task = get_task("crctc")
+    task = get_family("crctc")
     real = task.compute_loss
     calls = {"n": 0}
 
@@ -134,7 +134,7 @@ def test_non_finite_batches_are_skipped_and_counted(corpus, tmp_path, monkeypatc
 
 
 def test_too_many_bad_batches_in_a_row_stop_the_run(corpus, tmp_path, monkeypatch):
-    task = get_task("crctc")
+    task = get_family("crctc")
     real = task.compute_loss
     def always_inf(*a):
         loss, info = real(*a)
@@ -185,7 +185,7 @@ def test_transducer_training_loss_falls_and_decode_writes_results(corpus, tmp_pa
         "--num-epochs", "30", "--max-batches", "40", "--base-lr", "0.05", "--save-every-n", "20",
         "--warm-step", "20", "--rnnt-backend", "torch",
     ])
-    state = train(args, get_task("transducer"))
+    state = train(args, get_family("transducer"))
     assert state.batch_idx_train == 40
     simple = _metrics(exp, "train", "simple_loss")
     assert np.mean(simple[-3:]) < 0.7 * np.mean(simple[:2]), simple
@@ -208,7 +208,7 @@ def test_crctc_decode_averages_and_names_a_missing_checkpoint(corpus, tmp_path):
     from anyphone.training.recipe import decode_main_cli
 
     exp = tmp_path / "exp"
-    train(_args(corpus, exp, "--num-epochs", "10", "--max-batches", "6", "--save-every-n", "2"), get_task("crctc"))
+    train(_args(corpus, exp, "--num-epochs", "10", "--max-batches", "6", "--save-every-n", "2"), get_family("crctc"))
     # no model flags: the exp dir's config.json describes the model
     common = ["--exp-dir", str(exp), "--lang-dir", str(ROOT / "ipa_simplified"),
               "--test-shar", f"dev={corpus / 'dev'}", "--num-workers", "0", "--max-duration", "8"]
@@ -236,7 +236,7 @@ def test_crctc_decode_averages_and_names_a_missing_checkpoint(corpus, tmp_path):
     with pytest.raises(SystemExit, match="checkpoint-5.pt"):
         decode_main_cli("crctc", [*common, "--iter", "5", "--avg", "1"])
     # export.py reads config.json too: checkpoint-6's weights as pretrained.pt, and a config.json beside it
-    from anyphone.export.onnx import export_main, get_export_parser
+    from anyphone.export.recipe import export_main, get_export_parser
 
     out = tmp_path / "export"
     export_main(get_export_parser("crctc").parse_args([
@@ -258,7 +258,7 @@ def test_cr_ctc_starts_at_cr_start_batch():
     from anyphone.models.ctc import CtcModel
     from anyphone.models.presets import get_preset
 
-    task = get_task("crctc")
+    task = get_family("crctc")
     parser = get_train_parser("crctc")
     args = parser.parse_args(["--cr-start-batch", "10", "--cr-warmup-batches", "4", "--time-mask-ratio", "1"])
     torch.manual_seed(0)
@@ -283,10 +283,10 @@ def test_cr_ctc_starts_at_cr_start_batch():
 
 def test_resume_with_a_different_model_names_the_checkpoint(corpus, tmp_path):
     exp = tmp_path / "exp"
-    train(_args(corpus, exp, "--max-batches", "2", "--save-every-n", "2"), get_task("crctc"))
+    train(_args(corpus, exp, "--max-batches", "2", "--save-every-n", "2"), get_family("crctc"))
     wider = _args(corpus, exp, "--max-batches", "4", "--embed-channels", "8,32,32")
     with pytest.raises(SystemExit, match=r"checkpoint-2\.pt: this checkpoint does not fit the model") as e:
-        train(wider, get_task("crctc"))
+        train(wider, get_family("crctc"))
     assert "\n" not in str(e.value)
 
 
@@ -307,21 +307,21 @@ def test_cooldown_lowers_the_rate_to_zero_and_a_spent_budget_trains_nothing_more
     # a flat Eden (no warm-up, no decay), so the logged rate is base-lr times the cool-down factor
     flags = ["--max-batches", "8", "--cooldown-fraction", "0.5", "--base-lr", "0.04", "--warmup-batches", "0",
              "--lr-batches", "1e9", "--lr-epochs", "1e9", "--save-every-n", "4", "--num-epochs", "50"]
-    state = train(_args(corpus, exp, *flags), get_task("crctc"))
+    state = train(_args(corpus, exp, *flags), get_family("crctc"))
     assert state.batch_idx_train == 8 and state.train_minutes > 0
     # the factor of batch b is set before its step from the budget spent so far, (b - 1) / 8
     assert _metrics(exp, "train", "lr") == pytest.approx([0.04, 0.04, 0.03, 0.01])  # batches 2, 4, 6, 8
     saved = torch.load(exp / "checkpoint-8.pt", map_location="cpu", weights_only=True)
     assert saved["scheduler"]["budget_factor"] == pytest.approx(0.25)
     # run again: the budget counts over resumes, so it is already spent and the weights stay as they were
-    again = train(_args(corpus, exp, *flags), get_task("crctc"))
+    again = train(_args(corpus, exp, *flags), get_family("crctc"))
     assert again.batch_idx_train == 8
     assert not (exp / "checkpoint-9.pt").exists()
     with pytest.raises(SystemExit, match="needs a fixed budget"):
-        train(_args(corpus, tmp_path / "other", "--cooldown-fraction", "0.2"), get_task("crctc"))
+        train(_args(corpus, tmp_path / "other", "--cooldown-fraction", "0.2"), get_family("crctc"))
     with pytest.raises(SystemExit, match=r"--cooldown-fraction 1\.5: expected a fraction in \[0, 1\]"):
         train(_args(corpus, tmp_path / "other", "--max-batches", "4", "--cooldown-fraction", "1.5"),
-              get_task("crctc"))
+              get_family("crctc"))
 
 
 def test_budget_eta_reports_progress_of_a_batch_budget():

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from anyphone.decoding.options import DecodeOptions
+from anyphone.families import infer_family_size
 from anyphone.weights import checkpoint as ckpt
 from anyphone.weights.expdir import (
     is_exp_dir,
@@ -21,7 +22,6 @@ from anyphone.weights.expdir import (
     select_state_dict,
     write_config,
 )
-from anyphone.weights.safe_load import infer_family_size, model_family
 
 # ---------------------------------------------------------------------------------------------- DecodeOptions
 
@@ -111,7 +111,7 @@ def test_select_state_dict_follows_icefall_rules(tmp_path):
     assert float(sd["weight"]) == 6.0 and source == str(exp / "checkpoint-6.pt")
     with pytest.raises(FileNotFoundError, match=r"^--iter 5: .*checkpoint-5.pt does not exist$"):
         select_state_dict(exp, iter=5)
-    with pytest.raises(FileNotFoundError, match="--iter 6 --avg 3 needs 4 checkpoints"):
+    with pytest.raises(FileNotFoundError, match="--iter 6 --avg 3 --use-averaged-model 1 needs 4 checkpoints"):
         select_state_dict(exp, iter=6, avg=3)
     with pytest.raises(FileNotFoundError, match=r"--epoch 3 --avg 1 --use-averaged-model needs .*epoch-2.pt"):
         select_state_dict(exp, epoch=3)
@@ -129,8 +129,11 @@ def test_select_state_dict_names_the_damaged_file(tmp_path):
 
 
 def test_family_from_keys():
-    assert model_family({"ctc_output.1.weight": 0}) == "crctc"
-    assert model_family({"decoder.embedding.weight": 0, "ctc_output.1.weight": 0}) == "transducer"
-    assert model_family({"encoder.x": 0}) is None
-    assert infer_family_size({"joiner.w": 0, "encoder_embed.out.weight": torch.zeros(512, 1)}) == ("transducer",
-                                                                                                    "large")
+    """The registry tells the family by key names; a transducer with a joint CTC head is still a transducer."""
+    enc = {"encoder.encoders.0.w": torch.zeros(1)}
+    assert infer_family_size({**enc, "ctc_output.1.weight": torch.zeros(5, 1)}) == ("crctc", None)
+    assert infer_family_size({**enc, "decoder.embedding.weight": torch.zeros(1),
+                              "ctc_output.1.weight": torch.zeros(1)})[0] == "transducer"
+    assert infer_family_size({"encoder.x": torch.zeros(1)}) == (None, None)
+    assert infer_family_size({"joiner.w": torch.zeros(1), "encoder_embed.out.weight": torch.zeros(512, 1)}) == (
+        "transducer", "large")

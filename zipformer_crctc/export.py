@@ -21,7 +21,7 @@ local/onnx_batch_decode.py DIR --model-type ctc
 
 import sys
 
-from anyphone.export.onnx import export_main, get_export_parser
+from anyphone.export.recipe import export_main, get_export_parser
 
 if __name__ == "__main__":
     export_main(get_export_parser("crctc", __doc__, sys.argv[1:]).parse_args(), "crctc")

@@ -22,7 +22,7 @@ Decode with OnnxTransducerRecognizer(<dir>, suffix="-<label>.int8.onnx") or loca
 
 import sys
 
-from anyphone.export.onnx import export_main, get_export_parser
+from anyphone.export.recipe import export_main, get_export_parser
 
 if __name__ == "__main__":
     export_main(get_export_parser("transducer", __doc__, sys.argv[1:]).parse_args(), "transducer")

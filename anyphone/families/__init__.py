@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from anyphone.families.base import ModelFamily
 
 __all__ = ["REGISTRY", "UnknownFamilyError", "config_from_state_dict", "detect_family", "family_names",
-           "get_family"]
+           "get_family", "infer_family_size"]
 
 # name -> module; the order is the order of detection (the first family that recognises a state_dict wins)
 REGISTRY: dict[str, str] = {
@@ -81,3 +81,13 @@ def config_from_state_dict(state_dict: Mapping[str, Any], config: Any = None) ->
     family = detect_family(state_dict)
     cfg, options = family.config_from_state_dict(state_dict, config)
     return family.name, cfg, bool(options.get("use_ctc", False))
+
+
+def infer_family_size(state_dict: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(family name, ZIPA release size) of a state_dict, each None when it cannot be told: the family by
+    :func:`detect_family`, the size ("small"/"large") by the family (:meth:`ModelFamily.published_size`)."""
+    try:
+        family = detect_family(state_dict)
+    except ValueError:
+        return None, None
+    return family.name, family.published_size(state_dict)

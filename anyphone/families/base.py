@@ -59,7 +59,7 @@ class OnnxGraph:
     meta: dict[str, Any] = field(default_factory=dict)
     translations: dict[Any, Callable] = field(default_factory=dict)
     fp16_keep_ops: tuple[str, ...] = ()
-    patch: bool = True  # run the export under anyphone.export.onnx.export_friendly (Zipformer's traceable forwards)
+    patch: bool = True  # export under anyphone.export.traceable.export_friendly (Zipformer's traceable forwards)
 
 
 def example_features(feature_dim: int, batch: int = 2, frames: int = 200) -> tuple[Tensor, Tensor]:
@@ -149,6 +149,10 @@ class ModelFamily:
 
     def vocab_size_of(self, state_dict: Mapping[str, Any]) -> int:
         raise NotImplementedError
+
+    def published_size(self, state_dict: Mapping[str, Any]) -> str | None:
+        """The size name of a published release these weights have ("small", "large"), else None."""
+        return None
 
     # ---- training and decoding -----------------------------------------------------------------------
     def compute_loss(self, model: nn.Module, batch: dict, args: argparse.Namespace, batch_idx_train: int,

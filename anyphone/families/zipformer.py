@@ -39,6 +39,12 @@ class ZipformerFamily(ModelFamily):
     def config_for_weights(self, args: argparse.Namespace, state_dict: Mapping[str, Any]) -> ZipformerConfig:
         return self.config_from_args(args).replace(**self.head_sizes(state_dict))
 
+    def published_size(self, state_dict: Mapping[str, Any]) -> str | None:
+        """ZIPA's releases by their subsampling output width (``encoder_embed.out.weight`` rows): 192 small,
+        512 large; any other width is a custom configuration (None)."""
+        w = state_dict.get("encoder_embed.out.weight")
+        return {192: "small", 512: "large"}.get(int(w.shape[0])) if w is not None else None
+
     def head_sizes(self, state_dict: Mapping[str, Any]) -> dict[str, int]:
         """The output-side sizes of a state_dict, as ZipformerConfig fields."""
         return {"vocab_size": self.vocab_size_of(state_dict)}

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 # re-exported: hub users load what they fetched with these (anyphone.weights.safe_load holds them)
-from anyphone.weights.safe_load import UnsafeCheckpointError, infer_family_size, load_state_dict
+from anyphone.families import infer_family_size
+from anyphone.weights.safe_load import UnsafeCheckpointError, load_state_dict
 
 __all__ = [
     "MODELS",

@@ -134,11 +134,13 @@ def load_model(
     label = text
     if is_exp_dir(path):
         k = avg or 1
-        # avg=1 (or none) is the checkpoint itself; with avg > 1 the running averages kept in the checkpoints
-        # are used, as icefall's decode.py --use-averaged-model does
+        # decode.py's selection, the same function: with iter/epoch and use_averaged_model, the running
+        # averages of the checkpoint and of the one k intervals older (--avg 1 included); the tag is decode.py's
         sd, source = select_state_dict(path, iter=iter or 0, epoch=epoch or 0, avg=k,
-                                       use_averaged_model=use_averaged_model and k > 1)
+                                       use_averaged_model=use_averaged_model)
         tag = f"iter-{iter}-avg-{k}" if iter else f"epoch-{epoch}-avg-{k}" if epoch else Path(source).stem
+        if (iter or epoch) and use_averaged_model:
+            tag += "-use-averaged-model"
         label = f"{path}/{tag}"
         source_file = path / (f"checkpoint-{iter}.pt" if iter else f"epoch-{epoch}.pt" if epoch else f"{tag}.pt")
         tok_path = tok_path or _find_tokens([path / "tokens.txt", path.parent / "tokens.txt",

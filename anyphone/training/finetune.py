@@ -241,13 +241,14 @@ def prepare_data(
 
 @dataclass
 class InitModel:
-    """A resolved starting checkpoint: its file, tokens, family (crctc/transducer) and Zipformer config."""
+    """A resolved starting checkpoint: its file, tokens, model family (a registry name), config and the build
+    options the family reads off its tensors (a transducer's joint CTC head)."""
 
     checkpoint: Path
     tokens: Path | None
     family: str
     config: Any  # anyphone.models.presets.ZipformerConfig
-    use_ctc: bool
+    options: dict[str, Any]
     vocab_size: int
     label: str
 
@@ -283,9 +284,8 @@ def resolve_init_model(name_or_path: str | os.PathLike) -> InitModel:
     a preset when one fits every tensor, else the ``config.json`` beside the checkpoint, else derived from the
     tensor shapes. Raises FinetuneError (one line) when the model cannot be found, read or understood.
     """
-    from anyphone.families import config_from_state_dict
+    from anyphone.families import detect_family
     from anyphone.inference import hub
-    from anyphone.weights.safe_load import infer_family_size
 
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
@@ -301,26 +301,26 @@ def resolve_init_model(name_or_path: str | os.PathLike) -> InitModel:
         sd = hub.load_state_dict(files.checkpoint)
     except (FileNotFoundError, ValueError) as e:
         raise FinetuneError(f"--init-from {text}: {e}") from None
-    family, size = infer_family_size(sd)
-    if family is None:
-        raise FinetuneError(f"--init-from {text}: {files.checkpoint} has neither ctc_output.* (CR-CTC) nor "
-                            "decoder.*/joiner.* (transducer) weights; not a ZIPA/anyphone model")
+    try:
+        family = detect_family(sd)
+    except ValueError:
+        raise FinetuneError(f"--init-from {text}: {files.checkpoint} holds weights of no known model family; "
+                            "not a ZIPA/anyphone model") from None
     json_cfg = _json_config(files.checkpoint)
     try:
-        family, cfg, use_ctc = config_from_state_dict(sd, json_cfg)
+        cfg, options = family.config_from_state_dict(sd, json_cfg)
     except ValueError as e:
         if json_cfg is None:
             raise FinetuneError(f"--init-from {text}: {e}; put its config.json beside the checkpoint") from None
         try:  # a config.json that belongs to another model: the tensors alone may still say enough
-            family, cfg, use_ctc = config_from_state_dict(sd, None)
+            cfg, options = family.config_from_state_dict(sd, None)
         except ValueError:
             raise FinetuneError(f"--init-from {text}: the config.json beside {files.checkpoint} does not fit "
                                 f"its tensors ({e})") from None
-    vocab = int(sd["ctc_output.1.weight"].shape[0] if family == "crctc" else sd["joiner.output_linear.weight"].shape[0])
     label = files.name or text
-    log.info("init model %s: %s, %s config (hub size guess %s)", label, family, cfg.name, size)
-    return InitModel(Path(files.checkpoint), Path(files.tokens) if files.tokens else None, family, cfg, use_ctc,
-                     vocab, label)
+    log.info("init model %s: %s, %s config", label, family.name, cfg.name)
+    return InitModel(Path(files.checkpoint), Path(files.tokens) if files.tokens else None, family.name, cfg,
+                     options, family.vocab_size_of(sd), label)
 
 
 def _apply_model_config(args: argparse.Namespace, init: InitModel, extra: list[str]) -> None:
@@ -332,8 +332,9 @@ def _apply_model_config(args: argparse.Namespace, init: InitModel, extra: list[s
     for dest in model_flag_dests():
         if dest in fields and not _given("--" + dest.replace("_", "-"), extra):
             setattr(args, dest, fields[dest])
-    if init.family == "transducer" and not _given("--use-ctc", extra):
-        args.use_ctc = init.use_ctc
+    for dest, value in init.options.items():  # the family's build options, e.g. a transducer's --use-ctc
+        if not _given("--" + dest.replace("_", "-"), extra):
+            setattr(args, dest, value)
     if not _given("--model-size", extra):
         # every shape field is set above; the name only labels config.json (fixture_tiny is no --model-size
         # choice, and a derived shape is "custom")
@@ -446,9 +447,9 @@ def finetune(opts: argparse.Namespace, extra: list[str] | None = None) -> dict |
     """
     import contextlib
 
+    from anyphone.families import get_family
     from anyphone.fileio import LockedError
     from anyphone.training.loop import hold_exp_dir, run
-    from anyphone.training.tasks import get_task
 
     extra = list(extra or [])
     exp = Path(opts.exp_dir)
@@ -475,7 +476,7 @@ def finetune(opts: argparse.Namespace, extra: list[str] | None = None) -> dict |
 
         offset = PRETRAINED_SCHEDULE_COUNT if opts.pretrained_schedules else 0.0
         # exits with status 3 (loop.EXIT_CHECKPOINTED_ON_SIGNAL) when SIGTERM / SIGUSR1 stopped it
-        run(args, _PretrainedScheduleTask(get_task(init.family), offset))
+        run(args, _PretrainedScheduleTask(get_family(init.family), offset))
 
     best = best_result(exp)
     if best is None:

@@ -1,7 +1,7 @@
 """The training loop shared by every recipe: explicit, top to bottom, no trainer framework.
 
-A recipe supplies a *task* (see `anyphone.training.tasks`): how to build the model from the arguments and how to
-turn a batch into a loss. Everything else lives here once: DDP (mp.spawn or torchrun; NCCL on GPU, gloo on CPU),
+A recipe supplies a *task*, its model family (`anyphone.families`): how to build the model from the arguments and
+how to turn a batch into a loss. Everything else lives here once: DDP (mp.spawn or torchrun; NCCL on GPU, gloo on CPU),
 fp16/bf16 autocast, gradient accumulation, ScaledAdam + Eden, the running model average, atomic checkpoints
 every --save-every-n batches, resume (explicit --start-batch or the newest checkpoint in --exp-dir), skipping
 non-finite losses, validation, TensorBoard/wandb/metrics.jsonl and a PNG of the curves.

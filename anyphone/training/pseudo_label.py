@@ -62,7 +62,6 @@ from anyphone.data.module import ctc_min_frames
 from anyphone.data.shar import DataError, _count_cuts, _is_remote, cut_refusal, shar_fields
 from anyphone.fileio import TMP_PREFIX, atomic_write_text
 from anyphone.utils import resolve_device
-from anyphone.weights.expdir import select_state_dict
 
 log = logging.getLogger("anyphone.pseudo_label")
 
@@ -263,10 +262,12 @@ class PseudoLabelReport:
 
 
 class Teacher:
-    """A CTC model, its tokenizer and a name: ``(N, T, 80) features -> (N, T', V) log-posteriors``."""
+    """A model of a CTC family, its tokenizer and a name: ``(N, T, 80) features -> (N, T', V) log-posteriors``."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, name: str, device: torch.device) -> None:
+    def __init__(self, model: torch.nn.Module, family: Any, tokenizer: Any, name: str, device: torch.device
+                 ) -> None:
         self.model = model.to(device).eval()
+        self.family = family  # anyphone.families: its ctc_log_probs runs the model
         self.tokenizer = tokenizer
         self.device = device
         self.fbank = FbankModule().to(device)
@@ -283,8 +284,7 @@ class Teacher:
         audio, lens = pad_waves([w if len(w) >= _MIN_SAMPLES else np.pad(w, (0, _MIN_SAMPLES - len(w)))
                                  for w in waves])
         feats, feat_lens = self.fbank(audio.to(self.device), lens.to(self.device))
-        lp, out_lens = self.model(feats, feat_lens)
-        return lp.float().cpu(), out_lens.cpu()
+        return self.family.ctc_log_probs(self.model, feats, feat_lens)
 
 
 def load_teacher(cfg: PseudoLabelConfig, local_rank: int = 0) -> Teacher:
@@ -294,18 +294,11 @@ def load_teacher(cfg: PseudoLabelConfig, local_rank: int = 0) -> Teacher:
     device = resolve_device(cfg.device, local_rank)
     rec = load_model(cfg.teacher, device=str(device), iter=cfg.iter or None, avg=cfg.avg or None,
                      epoch=cfg.epoch or None, use_averaged_model=cfg.use_averaged_model, tokens=cfg.tokens)
-    if getattr(rec, "family", None) != "crctc" or getattr(rec, "model", None) is None:
-        raise ValueError(f"{cfg.teacher}: the teacher must be a CTC (CR-CTC) PyTorch model; this one is "
-                         f"{getattr(rec, 'family', '?')}" + (" (ONNX)" if getattr(rec, "model", 1) is None else ""))
-    name = rec.name
-    if cfg.iter and cfg.avg == 1 and cfg.use_averaged_model and Path(cfg.teacher).is_dir():
-        # decode.py's rule for --avg 1 --use-averaged-model 1 (the running average over the last checkpoint
-        # interval), which load_model applies only from avg 2 on: the teacher is then the model stage 2 decoded.
-        # The same selection decode.py makes, not a second one.
-        sd, _ = select_state_dict(cfg.teacher, iter=cfg.iter, avg=1, use_averaged_model=True)
-        rec.model.load_state_dict(sd, strict=True)
-        name += "-use-averaged-model"
-    return Teacher(rec.model, rec.tokenizer, name, device)
+    if rec.model is None or not rec.model_family.has_ctc:
+        raise ValueError(f"{cfg.teacher}: the teacher must be a PyTorch model of a CTC family; this one is "
+                         f"{rec.family}" + (" (ONNX)" if rec.model is None else ""))
+    # load_model selects the weights as decode.py does (iter/avg/use_averaged_model): the model stage 2 decoded
+    return Teacher(rec.model, rec.model_family, rec.tokenizer, rec.name, device)
 
 
 def teacher_identity(teacher: Teacher, cfg: PseudoLabelConfig) -> str:

@@ -164,8 +164,10 @@ def _select(exp: Path, iter: int, epoch: int, avg: int, use_averaged_model: bool
             raise FileNotFoundError(f"--iter {iter}: {exp / f'checkpoint-{iter}.pt'} does not exist")
         need = avg + 1 if use_averaged_model else avg
         if len(names) < need:
-            raise FileNotFoundError(f"--iter {iter} --avg {avg} needs {need} checkpoints in {exp}; found "
-                                    f"{len(names)} (missing an older checkpoint than {names[-1]})")
+            raise FileNotFoundError(
+                f"--iter {iter} --avg {avg}{' --use-averaged-model 1' if use_averaged_model else ''} needs {need} "
+                f"checkpoints in {exp}; found {len(names)} (missing an older checkpoint than {names[-1]})"
+                + ("; --use-averaged-model 0 takes the raw weights" if use_averaged_model else ""))
         if use_averaged_model:
             sd = ckpt.average_two_averaged_models(names[avg], names[0])
         else:

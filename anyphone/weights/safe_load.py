@@ -1,4 +1,4 @@
-"""Loading a state_dict without running pickled code, and telling a model's family from its keys.
+"""Loading a state_dict without running pickled code (a model's family is told by :mod:`anyphone.families`).
 
 Importing this module does not import torch (``load_state_dict`` imports it when called), so the hub and the
 command line can name its errors cheaply.
@@ -9,15 +9,10 @@ from __future__ import annotations
 import os
 import pickle
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FAMILIES", "UnsafeCheckpointError", "infer_family_size", "load_state_dict", "model_family"]
-
-# The model families a state_dict can hold: CR-CTC (a CTC head on the encoder) and the pruned transducer.
-FAMILIES = ("crctc", "transducer")
-
+__all__ = ["UnsafeCheckpointError", "load_state_dict"]
 
 class UnsafeCheckpointError(ValueError):
     """The checkpoint holds pickled objects other than tensors/containers (it could run code when loaded)."""
@@ -65,25 +60,3 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
-
-
-def model_family(state_dict: Mapping[str, Any]) -> str | None:
-    """"transducer" if the state_dict has ``decoder.*``/``joiner.*`` weights, "crctc" if it has
-    ``ctc_output.*`` (and no decoder), else None. A transducer may carry a CTC head as well."""
-    keys = state_dict.keys()
-    if any(k.startswith(("decoder.", "joiner.")) for k in keys):
-        return "transducer"
-    if any(k.startswith("ctc_output.") for k in keys):
-        return "crctc"
-    return None
-
-
-def infer_family_size(state_dict: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """Tell a ZIPA checkpoint's family (:func:`model_family`) and size from its tensors.
-
-    size: "small" when the subsampling output dim (``encoder_embed.out.weight`` rows) is 192, "large" when 512,
-    else None (a custom configuration).
-    """
-    w = state_dict.get("encoder_embed.out.weight")
-    size = {192: "small", 512: "large"}.get(int(w.shape[0])) if w is not None else None
-    return model_family(state_dict), size

@@ -80,9 +80,9 @@ def _die() -> None:
 
 
 def _arm_step_kill(step: int, delay: float) -> None:
-    from anyphone.training.tasks import CrCtcTask
+    from anyphone.families.crctc import CrCtcFamily
 
-    real_loss, seen = CrCtcTask.compute_loss, {"steps": 0}
+    real_loss, seen = CrCtcFamily.compute_loss, {"steps": 0}
 
     def compute_loss(self, model, batch, args, batch_idx_train, is_training):
         if is_training:
@@ -91,7 +91,7 @@ def _arm_step_kill(step: int, delay: float) -> None:
                 threading.Timer(delay, _die).start()
         return real_loss(self, model, batch, args, batch_idx_train, is_training)
 
-    CrCtcTask.compute_loss = compute_loss
+    CrCtcFamily.compute_loss = compute_loss
 
 
 def _arm_save_kill(save_number: int, stage: str) -> None:
@@ -134,17 +134,17 @@ def _child(argv: list[str], plan: tuple | None) -> None:
         _arm_step_kill(*plan[1:])
     if plan is not None and plan[0] == "save":
         _arm_save_kill(*plan[1:])
+    from anyphone.families import get_family
     from anyphone.training.loop import run
     from anyphone.training.recipe import get_train_parser
-    from anyphone.training.tasks import get_task
 
-    run(get_train_parser("crctc").parse_args(argv), get_task("crctc"))
+    run(get_train_parser("crctc").parse_args(argv), get_family("crctc"))
 
 
 def _context():
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "torch._dynamo", "lhotse", "anyphone.training.loop",
-                                "anyphone.training.tasks", "anyphone.training.recipe", "anyphone.data.module",
+                                "anyphone.families.crctc", "anyphone.training.recipe", "anyphone.data.module",
                                 "anyphone.models.ctc"])
     return ctx
 
@@ -358,19 +358,19 @@ def test_sampler_state_from_older_checkpoints_and_mismatched_flags(corpus):
 
 
 def test_a_resume_with_another_seed_is_refused_in_one_line_naming_the_checkpoint(corpus, tmp_path):
+    from anyphone.families import get_family
     from anyphone.training.loop import train
     from anyphone.training.recipe import get_train_parser
-    from anyphone.training.tasks import get_task
 
     exp = tmp_path / "exp"
     argv = _argv(corpus, exp, workers=0)
     argv[argv.index("--max-batches") + 1] = "2"
     threads = torch.get_num_threads()  # the run sets --num-threads 1 in this process
     try:
-        train(get_train_parser("crctc").parse_args(argv), get_task("crctc"))
+        train(get_train_parser("crctc").parse_args(argv), get_family("crctc"))
         argv[argv.index("--seed") + 1] = "12"
         with pytest.raises(SystemExit, match=r"checkpoint-2\.pt: the checkpoint's sampler was saved with --seed "
                            r"11, this run has 12; resume with the flags it was trained with$"):
-            train(get_train_parser("crctc").parse_args(argv), get_task("crctc"))
+            train(get_train_parser("crctc").parse_args(argv), get_family("crctc"))
     finally:
         torch.set_num_threads(threads)

@@ -216,10 +216,11 @@ def test_exported_models_are_written_atomically(tmp_path, monkeypatch):
     import onnx
 
     from anyphone.export import onnx as export_onnx
+    from anyphone.export import onnx_files
     from anyphone.families import crctc as crctc_family
 
     path = _tiny_onnx(tmp_path / "model.onnx")
-    export_onnx.add_meta_data(path, {"model_type": "ctc", "vocab_size": 5})
+    onnx_files.add_meta_data(path, {"model_type": "ctc", "vocab_size": 5})
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert meta == {"model_type": "ctc", "vocab_size": "5"}
     before = path.read_bytes()
@@ -230,7 +231,7 @@ def test_exported_models_are_written_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(onnx, "save", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        export_onnx.add_meta_data(path, {"precision": "fp32"})
+        onnx_files.add_meta_data(path, {"precision": "fp32"})
     assert path.read_bytes() == before
 
     # a whole export whose exporter dies half-way: model.onnx keeps the previous model
@@ -238,7 +239,7 @@ def test_exported_models_are_written_atomically(tmp_path, monkeypatch):
         Path(out).write_bytes(b"half a model")
         raise RuntimeError("exporter crashed")
 
-    monkeypatch.setattr(export_onnx, "_torch_export", dying_export)
+    monkeypatch.setattr(onnx_files, "_torch_export", dying_export)
     monkeypatch.setattr(crctc_family, "CtcExportWrapper", lambda model: torch.nn.Identity())
 
     class _Ctc(torch.nn.Module):
@@ -432,7 +433,8 @@ def test_corrupt_onnx_model_is_one_line_exit_2(tmp_path, capsys):
 
 def test_pickled_or_corrupt_checkpoint_named_by_iter_is_one_line(model, exp_dir, tmp_path, capsys):
     wav = _wav(tmp_path / "a.wav")
-    base = ["recognize", "-i", str(wav), "-m", str(exp_dir), "--avg", "1", "--batch-size", "1"]
+    base = ["recognize", "-i", str(wav), "-m", str(exp_dir), "--avg", "1", "--use-averaged-model", "0",
+            "--batch-size", "1"]
     assert main([*base, "--iter", "10"]) == 2
     err = _err_lines(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith(f"anyphone: error: {exp_dir / 'checkpoint-10.pt'}: refused to load")

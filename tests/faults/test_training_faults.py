@@ -35,9 +35,9 @@ from torch import nn
 from training_fixtures import NO_AUG, SMALL_MODEL, write_tone_corpus
 from training_fixtures import REPO as ROOT
 
+from anyphone.families import get_family
 from anyphone.training.loop import EXIT_CHECKPOINTED_ON_SIGNAL, train
 from anyphone.training.recipe import get_train_parser
-from anyphone.training.tasks import get_task
 from anyphone.weights import checkpoint as ckpt
 
 HOST = socket.gethostname()
@@ -71,7 +71,7 @@ def _args(corpus: Path, exp: Path, *extra: str):
 def trained(corpus, tmp_path_factory) -> Path:
     """An exp dir after 2 batches: checkpoint-1.pt, checkpoint-2.pt, config.json, tokens.txt, a log."""
     exp = tmp_path_factory.mktemp("faults_trained") / "exp"
-    state = train(_args(corpus, exp, "--max-batches", "2", "--save-every-n", "1"), get_task("crctc"))
+    state = train(_args(corpus, exp, "--max-batches", "2", "--save-every-n", "1"), get_family("crctc"))
     assert state.batch_idx_train == 2
     return exp
 
@@ -129,7 +129,7 @@ def test_running_training_holds_its_exp_dir_and_all_ranks_stop_on_a_signal_to_on
         os.killpg(first.pid, signal.SIGSTOP)  # the parent and both ranks
         before = _snapshot(exp)
         with pytest.raises(SystemExit) as e:
-            train(_args(corpus, exp, "--max-batches", "4"), get_task("crctc"))
+            train(_args(corpus, exp, "--max-batches", "4"), get_family("crctc"))
         msg = str(e.value)
         assert f"{exp}: this exp dir is in use by pid {first.pid} on host {HOST}" in msg, msg
         assert "\n" not in msg
@@ -170,7 +170,7 @@ def test_lock_left_by_a_dead_process_is_taken_over(corpus, trained, tmp_path):
     holder.kill()  # SIGKILL: no chance to remove its lock
     holder.wait()
     assert json.loads((exp / ".lock").read_text())["pid"] == holder.pid
-    state = train(_args(corpus, exp, "--max-batches", "3"), get_task("crctc"))
+    state = train(_args(corpus, exp, "--max-batches", "3"), get_family("crctc"))
     assert state.batch_idx_train == 3
     log = _log(exp)
     assert (f"taking over a lock left by pid {holder.pid} on {HOST}, which is no longer running" in log), log
@@ -187,7 +187,7 @@ def test_refused_restart_changes_nothing(corpus, trained, tmp_path):
     other = [a if a != "48,64,64,96,64,48" else "48,64,64,128,64,48"
              for a in _argv(corpus, exp, "--max-batches", "4")]
     with pytest.raises(SystemExit) as e:
-        train(get_train_parser("crctc").parse_args(other), get_task("crctc"))
+        train(get_train_parser("crctc").parse_args(other), get_family("crctc"))
     msg = str(e.value)
     assert msg.startswith(f"{exp / 'checkpoint-2.pt'}: this checkpoint does not fit the model"), msg
     assert "\n" not in msg
@@ -225,7 +225,7 @@ def test_corrupt_newest_checkpoint_is_named_and_skipped(corpus, trained, tmp_pat
     (exp / ".checkpoint-2.pt.tmp-4242").write_bytes(os.urandom(1 << 20))
     (exp / ".tmp-notes.txt.x").write_text("someone else's")
 
-    state = train(_args(corpus, exp, "--max-batches", "2", "--save-every-n", "1"), get_task("crctc"))
+    state = train(_args(corpus, exp, "--max-batches", "2", "--save-every-n", "1"), get_family("crctc"))
     assert state.batch_idx_train == 2
     log = _log(exp)
     assert f"{bad}: corrupt checkpoint: its contents do not match the sha256 checksum saved with it; skipping " \
@@ -269,7 +269,7 @@ def test_disk_full_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(c
 
     monkeypatch.setattr(torch, "save", save_on_a_full_disk)
     with pytest.raises(SystemExit) as e:
-        train(_args(corpus, exp, "--max-batches", "4", "--save-every-n", "1"), get_task("crctc"))
+        train(_args(corpus, exp, "--max-batches", "4", "--save-every-n", "1"), get_family("crctc"))
     monkeypatch.setattr(torch, "save", real_save)
     msg = str(e.value)
     assert msg == (f"{exp / 'checkpoint-3.pt'}: could not be written: no space left on device; the previous "
@@ -289,7 +289,7 @@ def test_empty_train_shar_is_one_line(corpus, tmp_path):
     args = _args(corpus, exp, "--max-batches", "2")
     args.train_shar = [str(empty)]
     with pytest.raises(SystemExit) as e:
-        train(args, get_task("crctc"))
+        train(args, get_family("crctc"))
     msg = str(e.value)
     assert msg.startswith(f"--train-shar {empty}: ") and str(empty) in msg[len("--train-shar") + 1:], msg
     assert "\n" not in msg
@@ -317,7 +317,7 @@ def test_refused_data_ends_training_in_one_line(corpus, tmp_path):
     args = _args(corpus, tmp_path / "exp", "--max-batches", "2")
     args.train_shar = [str(shar)]
     with pytest.raises(SystemExit) as e:
-        train(args, get_task("crctc"))
+        train(args, get_family("crctc"))
     msg = str(e.value)
     assert "cuts.000000.jsonl.gz: cut 'h0': its audio source is a shell command" in msg, msg
     assert "\n" not in msg
@@ -328,7 +328,7 @@ def test_non_finite_batches_do_not_run_past_max_batches(corpus, trained, tmp_pat
     """Every batch from the resumed one on gives NaN: the run still stops at --max-batches (it used to skip the
     budget check for such batches and go on until --max-bad-batches), and saves its checkpoints."""
     exp = _copy(trained, tmp_path)
-    task = get_task("crctc")
+    task = get_family("crctc")
     real = task.compute_loss
 
     def nan_loss(model, batch, args, batch_idx, is_training):
@@ -403,7 +403,7 @@ def test_sigusr1_finishes_the_step_saves_and_exits_with_status_3(corpus, trained
     try:
         sender.start()
         with pytest.raises(SystemExit) as e:
-            run(_args(corpus, exp, "--max-batches", "1000", "--save-every-n", "1"), get_task("crctc"))
+            run(_args(corpus, exp, "--max-batches", "1000", "--save-every-n", "1"), get_family("crctc"))
         sender.join(10)
         assert signal.getsignal(signal.SIGUSR1) is ours, "the previous SIGUSR1 handler was not restored"
     finally:
