@@ -204,8 +204,7 @@ def test_apply_prior():
 
 
 def test_recipe_blank_penalty_lets_a_weaker_phone_through():
-    from types import SimpleNamespace
-
+    from anyphone.decoding.options import DecodeOptions
     from anyphone.families import get_family
 
     # one frame: blank 0.6, token 5 0.4 -> nothing without a penalty; a penalty of log 2 halves blank (0.3 < 0.4)
@@ -219,19 +218,18 @@ def test_recipe_blank_penalty_lets_a_weaker_phone_through():
     batch = {"features": torch.zeros(1, 10, 80), "feature_lens": torch.tensor([10])}
     crctc = get_family("crctc")
     for method in ("ctc-greedy-search", "ctc-prefix-beam-search"):
-        args = SimpleNamespace(decoding_method=method, beam_size=4, blank_penalty=0.0)
-        assert crctc.decode(model, batch, args) == [[]]
-        args.blank_penalty = math.log(2.0)
-        assert crctc.decode(model, batch, args) == [[5]]
-        args.blank_penalty = 1000.0  # far past float range as a scale (exp(1000)); fine in the log domain
-        assert crctc.decode(model, batch, args) == [[5]]
+        assert crctc.decode(model, batch, DecodeOptions(method=method, beam_size=4)) == [[]]
+        options = DecodeOptions(method=method, beam_size=4, blank_penalty=math.log(2.0))
+        assert crctc.decode(model, batch, options) == [[5]]
+        # far past float range as a scale (exp(1000)); fine in the log domain
+        assert crctc.decode(model, batch, DecodeOptions(method=method, blank_penalty=1000.0)) == [[5]]
 
 
 def test_blank_penalty_flag_refuses_non_finite_values(capsys):
     import argparse
 
     from anyphone.decoding.ctc import apply_blank_penalty
-    from anyphone.evaluation.run import add_decode_arguments
+    from anyphone.evaluation.recipe import add_decode_arguments
 
     parser = argparse.ArgumentParser(prog="decode.py")
     add_decode_arguments(parser)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from training_fixtures import SMALL_MODEL
 
+from anyphone.decoding.options import DecodeOptions
 from anyphone.families import (
     REGISTRY,
     UnknownFamilyError,
@@ -112,12 +113,13 @@ def test_greedy_and_beam_decode_give_valid_ids(name):
     hyps = family.greedy_decode(model, batch)
     assert len(hyps) == 2 and all(0 < t < VOCAB for h in hyps for t in h)
     for method in family.decoding_methods:
-        args = argparse.Namespace(decoding_method=method, beam_size=2, blank_penalty=0.0, max_sym_per_frame=1)
-        out = family.decode(model, batch, args)
+        out = family.decode(model, batch, DecodeOptions(method=method, beam_size=2))
         assert len(out) == 2 and all(isinstance(t, int) and 0 < t < VOCAB for h in out for t in h)
+    # no method: the family's default search
+    default = family.decode(model, batch, DecodeOptions())
+    assert default == family.decode(model, batch, DecodeOptions(method=family.default_decoding_method))
     with pytest.raises(SystemExit, match=f"{name} models decode with"):
-        family.decode(model, batch, argparse.Namespace(decoding_method="nonsense", beam_size=2, blank_penalty=0.0,
-                                                       max_sym_per_frame=1))
+        family.decode(model, batch, DecodeOptions(method="nonsense", beam_size=2))
 
 
 def test_ctc_families_give_recognition_log_probs_at_50_hz():

@@ -64,7 +64,7 @@ def exported(trained, tmp_path_factory) -> tuple[Path, dict]:
 
 
 def test_decode_and_export_need_no_model_flags(trained, exported):
-    from anyphone.training.recipe import decode_main_cli
+    from anyphone.evaluation.recipe import decode_main_cli
 
     corpus, exp = trained
     summary = decode_main_cli("crctc", [

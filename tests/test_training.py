@@ -178,7 +178,7 @@ def _per_of_errs(path: Path) -> tuple[float, int]:
 
 
 def test_transducer_training_loss_falls_and_decode_writes_results(corpus, tmp_path):
-    from anyphone.training.recipe import decode_main_cli
+    from anyphone.evaluation.recipe import decode_main_cli
 
     exp = tmp_path / "exp"
     args = get_train_parser("transducer").parse_args([str(a) for a in _argv(corpus, exp)] + [
@@ -205,7 +205,7 @@ def test_transducer_training_loss_falls_and_decode_writes_results(corpus, tmp_pa
 
 
 def test_crctc_decode_averages_and_names_a_missing_checkpoint(corpus, tmp_path):
-    from anyphone.training.recipe import decode_main_cli
+    from anyphone.evaluation.recipe import decode_main_cli
 
     exp = tmp_path / "exp"
     train(_args(corpus, exp, "--num-epochs", "10", "--max-batches", "6", "--save-every-n", "2"), get_family("crctc"))

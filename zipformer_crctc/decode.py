@@ -24,7 +24,7 @@ Results go to <exp-dir>/<decoding-method>/: recogs-*, errs-*, per-language-* and
 `anyphone recognize -m <exp-dir>` then uses the penalty as its --emit (emit = exp(blank_penalty)).
 """
 
-from anyphone.training.recipe import decode_main_cli
+from anyphone.evaluation.recipe import decode_main_cli
 
 if __name__ == "__main__":
     decode_main_cli("crctc", description=__doc__)

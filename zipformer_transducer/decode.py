@@ -18,7 +18,7 @@ Results go to <exp-dir>/<decoding-method>/: recogs-*, errs-*, per-language-* and
 config.json for `anyphone recognize -m <exp-dir>`, whose --emit is the same knob (emit = exp(blank_penalty)).
 """
 
-from anyphone.training.recipe import decode_main_cli
+from anyphone.evaluation.recipe import decode_main_cli
 
 if __name__ == "__main__":
     decode_main_cli("transducer", description=__doc__)

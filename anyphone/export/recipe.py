@@ -31,7 +31,7 @@ def get_export_parser(family: str, description: str | None = None, argv: list[st
     config.json describes the model."""
     import argparse
 
-    from anyphone.evaluation.run import add_checkpoint_arguments, add_family_argument, chosen_family
+    from anyphone.evaluation.recipe import add_checkpoint_arguments, add_family_argument, chosen_family
     from anyphone.families import family_names
     from anyphone.utils import str2bool
 
@@ -84,7 +84,7 @@ def export_main(args, family: str | ModelFamily | None = None) -> dict[str, list
     The model is the one the exp dir's config.json (or the checkpoint's tensors) describes, of the family they
     name (``family``: the recipe's, used when nothing else names one); a transducer's joint CTC head, if it has
     one, is loaded and not exported."""
-    from anyphone.evaluation.run import model_config_for, resolve_family, select_decoding_weights
+    from anyphone.evaluation.recipe import model_config_for, resolve_family, select_decoding_weights
     from anyphone.weights.checkpoint import CheckpointMismatchError, load_model_weights
     from anyphone.weights.expdir import CONFIG_FILE, write_config
 

@@ -7,10 +7,10 @@ A family (CR-CTC, the pruned transducer, a BLSTM-CTC baseline, ...) knows how to
   **options)`` and, for the training loop, ``build_model(args, tokenizer)``;
 * train it: ``compute_loss(model, batch, args, batch_idx_train, is_training) -> (loss, info)`` (``info`` has
   ``frames`` and the ``*_loss`` terms), ``output_downsampling_factor`` (1: 50 Hz output, 2: 25 Hz);
-* decode it: ``greedy_decode(model, batch)`` and ``decode(model, batch, args)`` (the search ``args.
-  decoding_method`` names, among ``decoding_methods``), both giving token-id lists; ``default_decoding_method``
-  (decode.py without ``--decoding-method``) and ``recommended_decode_options`` (method and blank penalty chosen
-  on the demo's dev set);
+* decode it: ``greedy_decode(model, batch)`` and ``decode(model, batch, options)`` (the search a
+  :class:`~anyphone.decoding.options.DecodeOptions` names, among ``decoding_methods``), both giving token-id
+  lists; ``default_decoding_method`` (options without a method, decode.py without ``--decoding-method``) and
+  ``recommended_decode_options`` (method and blank penalty chosen on the demo's dev set);
 * recognise its own weights: ``recognises(state_dict)``, ``config_from_state_dict(sd, config=None) -> (cfg,
   options)`` (``options``: build options read off the tensors, such as a transducer's joint CTC head) and
   ``vocab_size_of(sd)``;
@@ -162,8 +162,16 @@ class ModelFamily:
     def greedy_decode(self, model: nn.Module, batch: dict) -> list[list[int]]:
         raise NotImplementedError
 
-    def decode(self, model: nn.Module, batch: dict, args: argparse.Namespace) -> list[list[int]]:
+    def decode(self, model: nn.Module, batch: dict, options: DecodeOptions) -> list[list[int]]:
+        """The search ``options`` names (its method, else :attr:`default_decoding_method`) over the batch's
+        ``features`` (N, T, 80) / ``feature_lens`` (N,): a token-id list per cut."""
         raise NotImplementedError
+
+    def decoding_method(self, options: DecodeOptions) -> str:
+        """The search ``options`` name (``method`` None: the family's default); one of ours, else SystemExit."""
+        method = options.method or self.default_decoding_method
+        self.check_decoding_method(method)
+        return method
 
     def check_decoding_method(self, method: str) -> None:
         if method not in self.decoding_methods:
@@ -207,17 +215,16 @@ class CtcFamily(ModelFamily):
         return ctc_greedy_search(log_probs, out_lens)
 
     @torch.no_grad()
-    def decode(self, model: nn.Module, batch: dict, args: argparse.Namespace) -> list[list[int]]:
+    def decode(self, model: nn.Module, batch: dict, options: DecodeOptions) -> list[list[int]]:
         from anyphone.decoding.ctc import apply_blank_penalty, ctc_greedy_search, ctc_prefix_beam_search
 
-        self.check_decoding_method(args.decoding_method)
+        method = self.decoding_method(options)
         log_probs, out_lens = self.log_probs(model, batch["features"], batch["feature_lens"])
-        penalty = getattr(args, "blank_penalty", 0.0)
-        if penalty:
-            log_probs = apply_blank_penalty(log_probs, penalty)  # blank is id 0, as in ZIPA
-        if args.decoding_method == "ctc-greedy-search":
+        if options.blank_penalty:
+            log_probs = apply_blank_penalty(log_probs, options.blank_penalty)  # blank is id 0, as in ZIPA
+        if method == "ctc-greedy-search":
             return ctc_greedy_search(log_probs, out_lens)
-        return ctc_prefix_beam_search(log_probs, out_lens, beam=args.beam_size)
+        return ctc_prefix_beam_search(log_probs, out_lens, beam=options.beam_size)
 
     def ctc_log_probs(self, model: nn.Module, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
         lp, lens = self.log_probs(model, feats, feat_lens)

@@ -144,16 +144,15 @@ class TransducerFamily(ZipformerFamily):
         return greedy_search_batch(model, enc, enc_lens)
 
     @torch.no_grad()
-    def decode(self, model: nn.Module, batch: dict, args: argparse.Namespace) -> list[list[int]]:
+    def decode(self, model: nn.Module, batch: dict, options: DecodeOptions) -> list[list[int]]:
         from anyphone.decoding.transducer import greedy_search_batch, modified_beam_search
 
-        self.check_decoding_method(args.decoding_method)
+        method = self.decoding_method(options)
         enc, enc_lens = model.forward_encoder(batch["features"], batch["feature_lens"])
-        penalty = getattr(args, "blank_penalty", 0.0)
-        if args.decoding_method == "greedy_search":
-            return greedy_search_batch(model, enc, enc_lens, max_sym_per_frame=args.max_sym_per_frame,
-                                       blank_penalty=penalty)
-        return modified_beam_search(model, enc, enc_lens, beam=args.beam_size, blank_penalty=penalty)
+        if method == "greedy_search":
+            return greedy_search_batch(model, enc, enc_lens, max_sym_per_frame=options.max_sym_per_frame,
+                                       blank_penalty=options.blank_penalty)
+        return modified_beam_search(model, enc, enc_lens, beam=options.beam_size, blank_penalty=options.blank_penalty)
 
     def transducer_parts(self, model: nn.Module, feats: Tensor, feat_lens: Tensor):
         """-> (projected encoder out (N, T', J), lengths (N,) on CPU, joiner(enc (A, J), dec (A, J)) -> logits

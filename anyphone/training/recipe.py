@@ -1,5 +1,5 @@
-"""What the recipes' train.py and decode.py scripts call: one argument parser per model family, then the shared
-loop or the decode service (:mod:`anyphone.evaluation.run`).
+"""What the recipes' train.py scripts call: one argument parser per model family, then the shared loop (decode.py's
+command line is :mod:`anyphone.evaluation.recipe`).
 
 A recipe names its own family (``zipformer_crctc/`` "crctc"); ``--family NAME`` picks another one of the
 registry (:mod:`anyphone.families`) through the same scripts: the common flags, plus that family's own. The
@@ -20,7 +20,7 @@ def _family_for_flags(name: str, default: str):
 
 
 def chosen_family(default: str, argv: list[str] | None, exp_dir_flags: bool = False) -> str:
-    from anyphone.evaluation.run import chosen_family as chosen
+    from anyphone.evaluation.recipe import chosen_family as chosen
 
     return chosen(default, argv, exp_dir_flags)
 
@@ -30,7 +30,7 @@ def get_train_parser(family: str, description: str | None = None, argv: list[str
     """train.py's flags: the loop's, the data's, ``--family`` (default ``family``) and the chosen family's own
     (``argv``'s ``--family``, else ``family``)."""
     from anyphone.data.module import PhoneDataModule
-    from anyphone.evaluation.run import add_family_argument
+    from anyphone.evaluation.recipe import add_family_argument
 
     chosen = _family_for_flags(chosen_family(family, argv) if argv is not None else family, family)
     parser = argparse.ArgumentParser(
@@ -48,28 +48,3 @@ def train_main(family: str, argv: list[str] | None = None, description: str | No
     parser = get_train_parser(family, description, argv)
     args = parser.parse_args(argv)
     run(args, get_family(args.family))
-
-
-def get_decode_parser(family: str, description: str | None = None, argv: list[str] | None = None
-                      ) -> argparse.ArgumentParser:
-    """decode.py's flags, with the flags of the family that ``argv`` names (``--family``, or the exp dir's
-    config.json; else ``family``)."""
-    from anyphone.data.module import PhoneDataModule
-    from anyphone.evaluation.run import add_decode_arguments, add_family_argument
-
-    chosen = _family_for_flags(chosen_family(family, argv, exp_dir_flags=True) if argv is not None else family,
-                               family)
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_decode_arguments(parser)
-    PhoneDataModule.add_arguments(parser)
-    add_family_argument(parser, None)
-    chosen.add_arguments(parser)
-    return parser
-
-
-def decode_main_cli(family: str, argv: list[str] | None = None, description: str | None = None):
-    from anyphone.evaluation.run import decode_main
-
-    argv = sys.argv[1:] if argv is None else argv
-    args = get_decode_parser(family, description, argv).parse_args(argv)
-    return decode_main(args, family)

@@ -453,10 +453,9 @@ def test_pickled_or_corrupt_checkpoint_named_by_iter_is_one_line(model, exp_dir,
 
 
 def _decode_args(exp: Path, **kw):
-    import argparse
+    from anyphone.evaluation.config import WeightChoice
 
-    base = {"checkpoint": None, "exp_dir": exp, "iter": 0, "epoch": 0, "avg": 1, "use_averaged_model": False}
-    return argparse.Namespace(**{**base, **kw})
+    return WeightChoice(exp_dir=exp, use_averaged_model=False, **kw)
 
 
 def _fixture_model():
