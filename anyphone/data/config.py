@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["DataConfig", "config_from_args", "config_from_dict", "normalise", "to_plain"]
+__all__ = ["DataConfig", "config_from_args", "config_from_dict", "convert_field", "normalise", "to_plain"]
 
 C = TypeVar("C")
 
@@ -27,7 +27,7 @@ def _bad(where: str, name: str, value: Any, expected: str) -> ValueError:
     return ValueError(f"{where}: {name}={value!r}, expected {expected}")
 
 
-def _convert(kind: str, value: Any, where: str, name: str) -> Any:
+def convert_field(kind: str, value: Any, where: str, name: str) -> Any:
     """``value`` as the annotated type ``kind`` (the annotation's text). Numbers are checked, not converted, so
     an int default such as ``lr_batches=7500`` reaches the arithmetic exactly as the command line gives it."""
     optional = kind.endswith(" | None")
@@ -78,7 +78,7 @@ def normalise(config: Any, where: str) -> None:
     """Check every field of a (frozen) config dataclass against its annotation and store it in the declared
     type (a list becomes a tuple, a string path a Path). Raises ValueError, one line naming ``where``."""
     for f in fields(config):
-        value = _convert(str(f.type), getattr(config, f.name), where, f.name)
+        value = convert_field(str(f.type), getattr(config, f.name), where, f.name)
         object.__setattr__(config, f.name, value)
 
 
@@ -107,14 +107,20 @@ def config_from_args(cls: type[C], namespace: Any) -> C:
 
 
 def to_plain(config: Any) -> dict[str, Any]:
-    """The fields as JSON values: tuples as lists, paths as strings."""
+    """The fields as JSON values: nested configs by their ``to_dict``, tuples as lists, paths as strings,
+    mappings as dicts."""
     out: dict[str, Any] = {}
-    for name, value in asdict(config).items():
-        if isinstance(value, tuple):
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if hasattr(value, "to_dict"):
+            value = value.to_dict()
+        elif isinstance(value, (tuple, list)):
             value = list(value)
         elif isinstance(value, Path):
             value = str(value)
-        out[name] = value
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        out[f.name] = value
     return out
 
 

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anyphone.data.config import DataConfig, _convert, config_from_args, config_from_dict, normalise, to_plain
+from anyphone.data.config import (
+    DataConfig,
+    config_from_args,
+    config_from_dict,
+    convert_field,
+    normalise,
+    to_plain,
+)
 from anyphone.decoding.options import DecodeOptions
 
 __all__ = ["EvaluationConfig", "WeightChoice"]
@@ -115,7 +122,7 @@ class EvaluationConfig:
                 raise ValueError(f"{where}: {name}={value!r}, expected a {kind.__name__} or its dict")  # noqa: TRY004
             object.__setattr__(self, name, value)
         for name, kind in _SCALARS.items():
-            object.__setattr__(self, name, _convert(kind, getattr(self, name), where, name))
+            object.__setattr__(self, name, convert_field(kind, getattr(self, name), where, name))
         flags = self.model_flags
         if not isinstance(flags, Mapping) or not all(
                 isinstance(k, str) and (v is None or isinstance(v, (str, int, float))) for k, v in flags.items()):
@@ -123,18 +130,7 @@ class EvaluationConfig:
         object.__setattr__(self, "model_flags", {k: v for k, v in flags.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name in ("weights", "lang_dir", "decode", "pfer", "device", "num_threads", "save_decode_options",
-                     "data", "family", "model_flags"):
-            value = getattr(self, name)
-            if hasattr(value, "to_dict"):
-                value = value.to_dict()
-            elif isinstance(value, Path):
-                value = str(value)
-            elif isinstance(value, Mapping):
-                value = dict(value)
-            out[name] = value
-        return out
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str | None = None) -> EvaluationConfig:
