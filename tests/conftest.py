@@ -1,5 +1,6 @@
 """Shared test set-up: the helpers beside this file (training_fixtures, hub_cache, hub_server) are importable
-from every test folder."""
+from every test folder. The shared paths live in training_fixtures: REPO, and ZIPA_REF (the reference fixtures
+made with ZIPA's code, ../shared/reference/zipa; the tests that need them skip without them)."""
 
 from __future__ import annotations
 

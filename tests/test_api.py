@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 import torch
 from hub_cache import make_hub_repo
+from training_fixtures import ZIPA_REF
 
 from anyphone.families import get_family
 from anyphone.inference.api import PhoneRecognizer, config_from_state_dict, load_model, read_prior
@@ -25,7 +26,7 @@ from anyphone.inference.audio import AudioError
 from anyphone.models.presets import get_preset
 from anyphone.weights.config import derive_config, shapes_match
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "zipa"
+REF = ZIPA_REF
 SR = 16000
 
 

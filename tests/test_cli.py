@@ -18,10 +18,11 @@ import pytest
 import soundfile as sf
 import torch
 from hub_cache import make_hub_repo
+from training_fixtures import ZIPA_REF
 
 from anyphone.cli import main
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "zipa"
+REF = ZIPA_REF
 SR = 16000
 
 

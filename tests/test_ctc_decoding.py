@@ -2,10 +2,10 @@
 
 import itertools
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from training_fixtures import ZIPA_REF
 
 from anyphone.decoding.ctc import (
     apply_blank_scale,
@@ -16,7 +16,7 @@ from anyphone.decoding.ctc import (
     ctc_topk_frames,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "zipa"
+SHARED = ZIPA_REF
 
 
 def _frames_from_argmax(best: list[int], vocab: int, peak: float = 0.7) -> torch.Tensor:

@@ -1,14 +1,14 @@
 """ZIPA fbank: our features against the reference made with ZIPA's get_fbank (lhotse Fbank)."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from training_fixtures import ZIPA_REF
 
 from anyphone.data.fbank import FbankModule, compute_fbank, num_frames
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "zipa"
+SHARED = ZIPA_REF
 REF = SHARED / "fbank_reference.pt"
 
 # lhotse itself reproduces the stored reference only to ~4e-6 on this machine (FFT rounding

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from training_fixtures import ZIPA_REF
 
 from anyphone.cli import main as cli_main
 from anyphone.models.presets import get_preset
@@ -25,7 +26,7 @@ from anyphone.training.finetune import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "zipa"
+SHARED = ZIPA_REF
 TOKENS = ROOT / "anyphone" / "text" / "tokens.txt"
 TEXTS = ["a b a", "kʰ æ t", "ʃ iː", "m a m a", "ɡ o ʊ", "tʃ ɛ k", "n ɪ ŋ"]
 # training flags passed through `finetune`: tiny batches, no augmentation, no worker processes

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from hub_cache import COMMIT, add_hub_blob, make_hub_repo
+from training_fixtures import ZIPA_REF
 
 from anyphone.inference import hub
 
@@ -64,7 +65,7 @@ def test_registry_covers_readme_table():
 
 
 def test_registry_matches_reference_json():
-    ref = Path(__file__).resolve().parents[2] / "shared" / "reference" / "zipa" / "pretrained_checkpoints.json"
+    ref = ZIPA_REF / "pretrained_checkpoints.json"
     if not ref.is_file():
         pytest.skip(f"reference fixtures not found at {ref}")
     import json
@@ -212,7 +213,7 @@ def test_loader_errors(tmp_path):
 
 
 def test_reference_fixture_family(tmp_path):
-    ref = Path(__file__).resolve().parents[2] / "shared" / "reference" / "zipa" / "tiny_transducer.pt"
+    ref = ZIPA_REF / "tiny_transducer.pt"
     if not ref.is_file():
         pytest.skip(f"reference fixtures not found at {ref}")
     obj = torch.load(ref, weights_only=True)

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from training_fixtures import ZIPA_REF
 
 from anyphone import inventory as inv
 from anyphone.text.ipa import is_normalized, segment_phones
 
 REPO = Path(__file__).resolve().parents[1]
-REF_TOKENS = REPO.parent / "shared" / "reference" / "zipa" / "tokens.txt"
+REF_TOKENS = ZIPA_REF / "tokens.txt"
 
 
 @pytest.fixture(autouse=True)

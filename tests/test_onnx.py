@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from training_fixtures import ZIPA_REF
 
 from anyphone.inference.onnx_runtime import (
     OnnxCtcRecognizer,
@@ -30,7 +31,7 @@ from anyphone.inference.onnx_runtime import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-ZIPA = Path(__file__).resolve().parents[2] / "shared" / "reference" / "zipa"
+ZIPA = ZIPA_REF
 needs_zipa = pytest.mark.skipif(not (ZIPA / "tiny_crctc.pt").is_file(),
                                 reason=f"ZIPA reference fixtures not found in {ZIPA}")
 slow = pytest.mark.slow

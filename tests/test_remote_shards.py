@@ -22,6 +22,7 @@ import pytest
 import torch
 from hub_server import LoopbackServer, folder_files
 from lhotse import CutSet
+from training_fixtures import ZIPA_REF
 
 from anyphone.data import remote
 from anyphone.data.module import PhoneDataModule
@@ -29,7 +30,7 @@ from anyphone.data.shar import TooManyBadShardsError, make_cut, open_shar, write
 from anyphone.text.tokenizer import IpaTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-REF = ROOT.parent / "shared" / "reference" / "zipa"
+REF = ZIPA_REF
 TEXTS = ["aba", "kʰæt", "ʃiː", "mama", "doʊ", "tʃɛk", "nɪŋ", "pɑt"]
 N_CUTS, SHARD = 16, 4
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from training_fixtures import ZIPA_REF
 
 from anyphone.text.ipa import INVENTORY, normalize_ipa
 from anyphone.text.tokenizer import (
@@ -20,7 +21,7 @@ from anyphone.text.tokenizer import (
 
 REPO = Path(__file__).resolve().parents[1]
 LANG_DIR = REPO / "ipa_simplified"
-SHARED_TOKENS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "zipa" / "tokens.txt"
+SHARED_TOKENS = ZIPA_REF / "tokens.txt"
 
 
 def _lines(path: Path) -> list[str]:

@@ -5,16 +5,16 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from training_fixtures import ZIPA_REF
 
 from anyphone.decoding.transducer import greedy_search_batch, modified_beam_search
 from anyphone.models.presets import get_preset
 from anyphone.models.transducer import Decoder, Joiner, TransducerModel, transducer_loss_scales
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "zipa"
+REF = ZIPA_REF
 
 
 def _fixture():

@@ -6,16 +6,16 @@ Fixtures: /work/shared/reference/zipa (see its README.md).  Skipped when the fol
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+from training_fixtures import ZIPA_REF
 
 from anyphone.models.ctc import CtcModel, build_encoder, forward_encoder
 from anyphone.models.presets import ZipformerConfig, get_preset
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "zipa"
+REF = ZIPA_REF
 pytestmark = pytest.mark.skipif(not REF.is_dir(), reason=f"ZIPA reference fixtures not found at {REF}")
 
 ATOL = 1e-4

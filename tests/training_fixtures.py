@@ -10,6 +10,8 @@ import numpy as np
 from anyphone.data.shar import make_cut, write_shar
 
 REPO = Path(__file__).resolve().parents[1]
+# the reference fixtures made with ZIPA's own code (../shared beside the repository; tests skip without them)
+ZIPA_REF = REPO.parent / "shared" / "reference" / "zipa"
 TEXTS = ["aba", "kʰæt", "ʃiː", "mama", "goʊ", "tʃɛk", "nɪŋ", "pɑt"]
 
 # A model of about 1M parameters (the ZIPA fixture's shape), so a step takes a fraction of a second.

@@ -21,11 +21,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from training_fixtures import ZIPA_REF
 
 from anyphone.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
-REF = REPO.parent / "shared" / "reference" / "zipa"
+REF = ZIPA_REF
 SR = 16000
 
 
