@@ -89,7 +89,7 @@ if [ "$use_avg" -ge 1 ]; then avg_flags=(--avg "$use_avg" --use-averaged-model 1
 
 log "Decoding $exp_dir/checkpoint-$last.pt (${avg_flags[*]})"
 $python "$recipe/decode.py" --exp-dir "$exp_dir" --iter "$last" "${avg_flags[@]}" \
-  --model-size tiny --test-shar test=data/shar/embedded/test --decoding-method "$method" --num-workers 1 \
+  --test-shar test=data/shar/embedded/test --decoding-method "$method" --num-workers 1 \
   --num-threads "$nj" --blank-penalty "$blank_penalty" --save-decode-options 1  # recognize -m EXP decodes the same way
 
 res="$exp_dir/$method"
