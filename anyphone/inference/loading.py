@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from anyphone.decoding.options import DecodeOptions
+from anyphone.evaluation.config import WeightChoice
 from anyphone.families import detect_family, get_family
 from anyphone.families.base import ModelFamily
 from anyphone.inference.recognizer import PhoneRecognizer
@@ -138,9 +139,8 @@ def load_model(
         # averages of the checkpoint and of the one k intervals older (--avg 1 included); the tag is decode.py's
         sd, source = select_state_dict(path, iter=iter or 0, epoch=epoch or 0, avg=k,
                                        use_averaged_model=use_averaged_model)
-        tag = f"iter-{iter}-avg-{k}" if iter else f"epoch-{epoch}-avg-{k}" if epoch else Path(source).stem
-        if (iter or epoch) and use_averaged_model:
-            tag += "-use-averaged-model"
+        tag = WeightChoice(path, iter=iter or 0, epoch=epoch or 0, avg=k,
+                           use_averaged_model=use_averaged_model).label if (iter or epoch) else Path(source).stem
         label = f"{path}/{tag}"
         source_file = path / (f"checkpoint-{iter}.pt" if iter else f"epoch-{epoch}.pt" if epoch else f"{tag}.pt")
         tok_path = tok_path or _find_tokens([path / "tokens.txt", path.parent / "tokens.txt",
