@@ -214,12 +214,31 @@ def _worker(tmp_path: Path, n: int, delay: float = 0.0, hang: int | None = None)
                             text=True)
 
 
+def _heartbeats(study_dir: Path, number: int = 1) -> int:
+    """Heartbeats of trial ``number`` in the study's SQLite file (Optuna's trial_heartbeats table)."""
+    import sqlite3
+
+    db = study_dir / "study.db"
+    if not db.is_file():
+        return 0
+    con = sqlite3.connect(db, timeout=5)
+    try:
+        return con.execute("SELECT COUNT(*) FROM trial_heartbeats h JOIN trials t ON h.trial_id = t.trial_id "
+                           "WHERE t.number = ?", (number,)).fetchone()[0]
+    except sqlite3.OperationalError:  # the table is not created yet
+        return 0
+    finally:
+        con.close()
+
+
 def test_a_trial_whose_process_died_is_continued(tmp_path):
     space = load_search_space(write_space(tmp_path / "space.json"))
     proc = _worker(tmp_path, n=3, hang=1)
     try:
         deadline = time.time() + 60
-        while not (tmp_path / "st" / "trial-1" / "work.txt").exists():
+        while not (tmp_path / "st" / "trial-1" / "work.txt").exists() or not _heartbeats(tmp_path / "st"):
+            # wait for trial 1's first heartbeat too: on a loaded machine the worker's heartbeat thread may not
+            # have run yet when its trial starts, and a trial with no heartbeat is never found stale
             assert proc.poll() is None, proc.stderr.read()
             assert time.time() < deadline
             time.sleep(0.1)
