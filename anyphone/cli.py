@@ -254,8 +254,9 @@ def _load(args: argparse.Namespace):
         torch.set_num_threads(args.num_threads)
     try:
         return load_model(args.model, device=args.device, iter=args.iter, avg=args.avg, epoch=args.epoch,
-                          use_averaged_model=args.use_averaged_model, tokens=args.tokens, revision=args.revision, batch_size=args.batch_size,
-                          chunk_seconds=args.chunk_seconds, config=getattr(args, "model_size", None))
+                          use_averaged_model=args.use_averaged_model, tokens=args.tokens, revision=args.revision,
+                          batch_size=args.batch_size, chunk_seconds=args.chunk_seconds,
+                          config=getattr(args, "model_size", None))
     except CheckpointShapeError as e:
         # the API's message says config=; on the command line the knob is --model-size
         if e.asked is None:

@@ -121,3 +121,8 @@ def test_evaluate_from_python_scores_as_decode_py(exp_dir):
                                   model_flags={"model_size": "small"}), "crctc")
     with pytest.raises(SystemExit, match="not --family transducer"):
         evaluate(EvaluationConfig(weights=cfg.weights, lang_dir=cfg.lang_dir, data=cfg.data, family="transducer"))
+    # a search of another family is refused with the family's own one-line message
+    with pytest.raises(SystemExit, match=r"^--decoding-method greedy_search: crctc models decode with "
+                                         r"ctc-greedy-search or ctc-prefix-beam-search$"):
+        evaluate(EvaluationConfig(weights=cfg.weights, lang_dir=cfg.lang_dir, data=cfg.data,
+                                  decode=DecodeOptions(method="greedy_search")), "crctc")

@@ -228,10 +228,7 @@ def evaluate(cfg: EvaluationConfig, family: str | ModelFamily | None = None) -> 
     tokenizer = IpaTokenizer.from_dir(cfg.lang_dir)
     sd, source = select_decoding_weights(cfg.weights)
     task = resolve_family(cfg.weights, family, sd, asked=cfg.family)
-    options = replace(cfg.decode, method=cfg.decode.method or task.default_decoding_method)
-    if options.method not in task.decoding_methods:
-        raise SystemExit(f"--decoding-method {options.method}: {task.name} models decode with "
-                         f"{' or '.join(task.decoding_methods)}")
+    options = replace(cfg.decode, method=task.decoding_method(cfg.decode))  # the family's check and default
     model_cfg, build_options = model_config_for(cfg.weights, task, sd, cfg.model_flags)
     model = task.build(model_cfg.replace(vocab_size=tokenizer.vocab_size), **build_options)
     try:
