@@ -281,6 +281,22 @@ def test_cr_ctc_starts_at_cr_start_batch():
     assert float(loss_later) == pytest.approx(0.15 * info_later["cr_loss"], rel=1e-5)
 
 
+def test_an_epoch_without_a_batch_stops_with_one_line(corpus, tmp_path):
+    # 24 train cuts of about a second never fill a 1000 s batch, and --drop-last drops the rest: every epoch
+    # would be empty, and the loop used to write one epoch checkpoint after another without end
+    exp = tmp_path / "exp"
+    with pytest.raises(SystemExit) as e:
+        train(_args(corpus, exp, "--max-duration", "1000", "--num-epochs", "1000"), get_family("crctc"))
+    msg = str(e.value)
+    assert f"--train-shar {corpus / 'train'}: epoch 1 gave no training batch: 24 cuts passed the filters" in msg
+    assert "--drop-last false" in msg and "\n" not in msg
+    assert not list(exp.glob("epoch-*.pt")) and not list(exp.glob("checkpoint-*.pt"))
+    # what the message suggests works
+    state = train(_args(corpus, exp, "--max-duration", "1000", "--num-epochs", "2", "--drop-last", "false"),
+                  get_family("crctc"))
+    assert state.batch_idx_train == 4  # one short batch per duration bucket (2) and epoch
+
+
 def test_resume_with_a_different_model_names_the_checkpoint(corpus, tmp_path):
     exp = tmp_path / "exp"
     train(_args(corpus, exp, "--max-batches", "2", "--save-every-n", "2"), get_family("crctc"))

@@ -157,7 +157,9 @@ class CutFilter:
         self.reset()
 
     def reset(self) -> None:
-        """Zero the removal counts (``removed``: duration / channels / too_many_tokens / unlabelled)."""
+        """Zero the counts: ``kept`` cuts and ``removed`` ones (duration / channels / too_many_tokens /
+        unlabelled)."""
+        self.kept = 0
         self.removed = {"duration": 0, "channels": 0, "too_many_tokens": 0, "unlabelled": 0}
 
     def __call__(self, cut: Any) -> bool:
@@ -169,6 +171,7 @@ class CutFilter:
             return False
         if label_kind(cut) == "unlabelled":
             if self.keep_unlabelled:
+                self.kept += 1
                 return True
             self.removed["unlabelled"] += 1
             n = self.removed["unlabelled"]
@@ -186,6 +189,7 @@ class CutFilter:
             if self.removed["too_many_tokens"] <= 5:
                 log.debug(f"cut {cut.id}: {len(ids)} tokens do not fit {cut.duration:.2f} s; removed")
             return False
+        self.kept += 1
         return True
 
 

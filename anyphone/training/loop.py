@@ -71,6 +71,8 @@ from anyphone.utils import str2bool
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from anyphone.data.module import PhoneDataModule
+
 log = logging.getLogger("anyphone.train")
 
 # Exit status of a run that a stop signal (SIGTERM, SIGUSR1) ended after saving a checkpoint: a job script can
@@ -618,6 +620,7 @@ def _train(args: argparse.Namespace, cfg: TrainingConfig, task: Any, info: DistI
     if stop:
         log.info("The budget (--max-batches / --max-minutes) is already spent at batch %d; nothing to train",
                  state.batch_idx_train)
+    empty_epochs = 0  # fresh epochs in a row that gave no batch
     try:
         while state.epoch <= cfg.num_epochs and not stop:
             scheduler.step_epoch(state.epoch - 1)
@@ -626,12 +629,22 @@ def _train(args: argparse.Namespace, cfg: TrainingConfig, task: Any, info: DistI
                 if hasattr(train_dl.sampler, "set_epoch"):
                     train_dl.sampler.set_epoch(state.epoch - 1)
             # else: a resumed epoch goes on from the checkpoint's sampler position (each step seeds its RNGs)
+            fresh_epoch, batches_before = sampler_state is None, state.batch_idx_train
             sampler_state = None
             stop = _train_one_epoch(
                 args, cfg, task, info, device, train_model, model_avg, optimizer, scheduler, scaler,
                 train_dl, dev_dl, monitor, state, start_time, ckpt, tokenizer,
                 stop_signals=stop_signals,
             )
+            if fresh_epoch and not stop and state.batch_idx_train == batches_before:
+                # One reader sees the same durations every epoch, so every later epoch would be empty too and
+                # the loop would only write epoch checkpoints. Ranks that are dealt shards afresh each epoch
+                # can have an empty one (a rank with too few cuts ends it for all) and go on.
+                empty_epochs += 1
+                if empty_epochs >= (1 if info.world_size == 1 else 5):
+                    raise SystemExit(_empty_epoch_message(data, datamodule, state.epoch, empty_epochs))
+            elif state.batch_idx_train != batches_before:
+                empty_epochs = 0
             if not stop:
                 if dev_dl is not None and cfg.valid_every_epoch:
                     validate(args, cfg, task, info, device, train_model, dev_dl, monitor, state, tokenizer)
@@ -667,6 +680,20 @@ def _train(args: argparse.Namespace, cfg: TrainingConfig, task: Any, info: DistI
     log.info("Done: %d batches, %.0f s of audio, %d skipped non-finite batches", state.batch_idx_train,
              state.audio_seconds, state.bad_total)
     return state
+
+
+def _empty_epoch_message(data, datamodule: PhoneDataModule, epoch: int, in_a_row: int) -> str:
+    """Why epochs gave no batch, in one line: the filters removed every cut, or no bucket filled a batch."""
+    dirs = ", ".join(str(d) for d in data.train_shar)
+    filt = datamodule.train_filter
+    removed = ", ".join(f"{k}: {v}" for k, v in filt.removed.items() if v) or "none"
+    why = (f"the filters removed every cut ({removed})" if filt.kept == 0
+           else f"{filt.kept} cuts passed the filters but no batch filled up")
+    hint = (f"with --drop-last true a batch is dropped unless it reaches --max-duration {data.max_duration:g} s "
+            f"within one of the --num-buckets {data.num_buckets} duration buckets: lower either, or pass "
+            "--drop-last false" if data.drop_last else "check the cuts' durations and labels")
+    which = f"epoch {epoch}" if in_a_row == 1 else f"epochs {epoch - in_a_row + 1}-{epoch}"
+    return f"--train-shar {dirs}: {which} gave no training batch: {why}; {hint}"
 
 
 def _write_model_card(exp_dir: Path, model: nn.Module, task, tokenizer, num_params: int) -> None:
