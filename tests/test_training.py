@@ -291,6 +291,10 @@ def test_an_epoch_without_a_batch_stops_with_one_line(corpus, tmp_path):
     assert f"--train-shar {corpus / 'train'}: epoch 1 gave no training batch: 24 cuts passed the filters" in msg
     assert "--drop-last false" in msg and "\n" not in msg
     assert not list(exp.glob("epoch-*.pt")) and not list(exp.glob("checkpoint-*.pt"))
+    # every cut longer than --max-duration-per-cut: the message says the filters took them all
+    with pytest.raises(SystemExit, match=r"epoch 1 gave no training batch: the filters removed every cut "
+                                         r"\(duration: 24\); "):
+        train(_args(corpus, exp, "--max-duration-per-cut", "0.1"), get_family("crctc"))
     # what the message suggests works
     state = train(_args(corpus, exp, "--max-duration", "1000", "--num-epochs", "2", "--drop-last", "false"),
                   get_family("crctc"))

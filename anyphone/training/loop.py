@@ -682,13 +682,14 @@ def _train(args: argparse.Namespace, cfg: TrainingConfig, task: Any, info: DistI
     return state
 
 
-def _empty_epoch_message(data, datamodule: PhoneDataModule, epoch: int, in_a_row: int) -> str:
-    """Why epochs gave no batch, in one line: the filters removed every cut, or no bucket filled a batch."""
+def _empty_epoch_message(data: DataConfig, datamodule: PhoneDataModule, epoch: int, in_a_row: int) -> str:
+    """Why epochs gave no batch, in one line: no cut was read, the filters removed every cut, or no bucket
+    filled a batch. The filter's counts are this rank's, since the run started."""
     dirs = ", ".join(str(d) for d in data.train_shar)
     filt = datamodule.train_filter
-    removed = ", ".join(f"{k}: {v}" for k, v in filt.removed.items() if v) or "none"
-    why = (f"the filters removed every cut ({removed})" if filt.kept == 0
-           else f"{filt.kept} cuts passed the filters but no batch filled up")
+    removed = ", ".join(f"{k}: {v}" for k, v in filt.removed.items() if v)
+    why = (f"{filt.kept} cuts passed the filters but no batch filled up" if filt.kept
+           else f"the filters removed every cut ({removed})" if removed else "no cut was read")
     hint = (f"with --drop-last true a batch is dropped unless it reaches --max-duration {data.max_duration:g} s "
             f"within one of the --num-buckets {data.num_buckets} duration buckets: lower either, or pass "
             "--drop-last false" if data.drop_last else "check the cuts' durations and labels")
