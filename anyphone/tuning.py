@@ -4,6 +4,7 @@
     anyphone tune space.json --study-name lr --n-trials 40            # the same command again continues the study
     anyphone tune space.json --study-name lr --storage postgresql://host/db   # workers on several machines
     anyphone tune space.json --study-name lr --n-trials 0             # only print the table and draw the plots
+    anyphone tune space.json --import-table old/trials.tsv --n-trials 20   # a lost study, from its table
 
 A *search-space file* (JSON, or YAML) names the recipe, the flags every trial shares, the flags to search and
 the budget of one trial::
@@ -69,7 +70,8 @@ from anyphone.fileio import atomic_path, atomic_write_text
 
 __all__ = [
     "SearchSpace", "TrialFailed", "TrialInterrupted", "TrialOutcome", "TrialRun", "TuneError", "TuneInterrupted",
-    "add_tune_arguments", "load_search_space", "recipe_flags", "run_study", "train_runner", "tune_main",
+    "add_tune_arguments", "load_search_space", "read_trials_table", "recipe_flags", "run_study", "train_runner",
+    "tune_main",
     "write_report",
 ]
 
@@ -128,6 +130,32 @@ class Param:
             return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log,
                                      step=int(self.step or 1))
         return trial.suggest_categorical(self.name, self.choices)
+
+    def distribution(self) -> Any:
+        """The Optuna distribution ``suggest`` draws from (for trials added from a table)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.kind == "float":
+            return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+        if self.kind == "int":
+            return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return CategoricalDistribution(self.choices)
+
+    def parse(self, text: str) -> Any:
+        """A value as ``format_value`` wrote it back to this parameter's type (a categorical maps to its choice);
+        ValueError if it does not parse or lies outside the space."""
+        if self.kind == "categorical":
+            for c in self.choices:
+                if format_value(c) == text or str(c) == text:
+                    return c
+            raise ValueError(f"{text!r} is not one of {self.choices}")
+        value: Any = int(text) if self.kind == "int" else float(text)
+        if self.kind == "float" and self.step is not None:
+            # the table keeps 6 significant digits: snap back onto the grid
+            value = self.low + round((value - self.low) / self.step) * self.step
+        if not self.contains(value):
+            raise ValueError(f"{text} is outside [{self.low}, {self.high}]")
+        return value
 
     def contains(self, value: Any) -> bool:
         if self.kind == "categorical":
@@ -642,8 +670,73 @@ def _describe(params: dict[str, Any]) -> str:
     return " ".join(f"--{k} {format_value(v)}" for k, v in params.items())
 
 
+def read_trials_table(path: str | os.PathLike, space: SearchSpace) -> list[dict[str, Any]]:
+    """The rows of a ``trials.tsv`` that ``anyphone tune`` wrote, checked against ``space``: dicts with number,
+    state, value, batches, params, note. Raises TuneError (one line naming the file and row) otherwise."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TuneError(f"{path}: cannot read the trials table ({e.__class__.__name__})") from None
+    names = [p.name for p in space.space]
+    expected = ["trial", "state", "dev_per", "batches", *names, "note"]
+    if not lines or lines[0].split("\t") != expected:
+        raise TuneError(f"{path}: not a trials table of this search space: expected the columns "
+                        f"{' '.join(expected)}")
+    rows = []
+    for i, line in enumerate(lines[1:], start=2):
+        cells = line.split("\t")
+        if len(cells) != len(expected):
+            raise TuneError(f"{path}:{i}: expected {len(expected)} tab-separated columns, got {len(cells)}")
+        row = dict(zip(expected, cells))
+        try:
+            number = int(row["trial"])
+            if number != len(rows):
+                raise ValueError(f"trial {number} where trial {len(rows)} was expected")
+            if row["state"] not in ("COMPLETE", "PRUNED", "FAIL"):
+                raise ValueError(f"state {row['state']!r} (COMPLETE, PRUNED or FAIL)")
+            value = float(row["dev_per"]) if row["dev_per"] else None
+            if row["state"] != "FAIL" and (value is None or not math.isfinite(value)):
+                raise ValueError(f"a {row['state']} trial without a dev PER")
+            batches = int(row["batches"]) if row["batches"] else None
+            params = {n: space.param(n).parse(row[n]) for n in names}
+        except ValueError as e:
+            raise TuneError(f"{path}:{i}: {e}") from None
+        rows.append({"number": number, "state": row["state"], "value": value, "batches": batches,
+                     "params": params, "note": row["note"]})
+    return rows
+
+
+def _add_table_trials(study: Any, space: SearchSpace, rows: list[dict[str, Any]], source: str) -> None:
+    """Add a table's trials to an empty study, keeping their numbers. The table holds each trial's last dev PER
+    only, so that is its one intermediate value (at its last batch): the pruner sees less than it did."""
+    import optuna
+    from optuna.trial import TrialState
+
+    dists = {p.name: p.distribution() for p in space.space}
+    for r in rows:
+        attrs: dict[str, Any] = {"imported_from": source}
+        if r["batches"] is not None:
+            attrs["batches"] = r["batches"]
+        note = r["note"]
+        m = re.match(r"continues trial (\d+);? ?", note)
+        if m:
+            attrs["continues"] = int(m.group(1))
+            note = note[m.end():]
+        if note == "interrupted":
+            attrs["interrupted"] = True
+        elif note:
+            attrs["error"] = note
+        state = getattr(TrialState, r["state"])
+        inter = {r["batches"]: r["value"]} if r["value"] is not None and r["batches"] is not None else None
+        study.add_trial(optuna.trial.create_trial(
+            params=r["params"], distributions=dists, state=state, user_attrs=attrs, intermediate_values=inter,
+            value=r["value"] if state != TrialState.FAIL else None))
+
+
 def _open_study(space: SearchSpace, study_name: str, study_dir: Path, storage: str, seed: int | None,
-                heartbeat_interval: int, stale_after: int, out: TextIO) -> Any:
+                heartbeat_interval: int, stale_after: int, out: TextIO,
+                imported: tuple[str, list[dict[str, Any]]] | None = None) -> Any:
     """Create or load the study; check it was made from this search space; queue start points and the trials
     that were interrupted."""
     optuna = _quiet_optuna()
@@ -670,6 +763,14 @@ def _open_study(space: SearchSpace, study_name: str, study_dir: Path, storage: s
         changed = [k for k in _STUDY_KEYS if recorded.get(k) != space.raw.get(k)]
         raise TuneError(f"{space.path}: study {study_name!r} was made with a different search space (differs in "
                         f"{', '.join(changed)}); its trials would not compare: use another --study-name")
+    if imported is not None:
+        source, rows = imported
+        if study.get_trials(deepcopy=False):
+            raise TuneError(f"--import-table {source}: study {study_name!r} already holds trials; the table "
+                            "can only seed an empty study (drop --import-table to continue it)")
+        _add_table_trials(study, space, rows, source)
+        print(f"tune: added the {len(rows)} trials of {source} to study {study_name!r} (their last dev "
+              "PER only: the pruner has fewer intermediate values for them)", file=out, flush=True)
     for params in space.start:
         study.enqueue_trial(params, skip_if_exists=True)
     _requeue_interrupted(study, out)
@@ -679,10 +780,12 @@ def _open_study(space: SearchSpace, study_name: str, study_dir: Path, storage: s
 def run_study(space: SearchSpace, *, study_name: str, study_dir: str | os.PathLike, storage: str | None = None,
               n_trials: int = 20, n_jobs: int = 1, seed: int | None = None, runner: TrialRunner | None = None,
               heartbeat_interval: int = 30, stale_after: int = 120, max_failures: int = 3,
-              out: TextIO | None = None) -> Any:
+              out: TextIO | None = None, import_table: str | os.PathLike | None = None) -> Any:
     """Run (or continue) a study until it holds ``n_trials`` complete or pruned trials; returns the Optuna study.
 
-    ``runner`` runs one trial (default: :func:`train_runner` on the recipe's train.py). Raises TuneError for a
+    ``import_table`` seeds a new, empty study with the trials of a ``trials.tsv`` this module wrote (a study whose
+    database was lost), keeping their numbers. ``runner`` runs one trial (default: :func:`train_runner` on the
+    recipe's train.py). Raises TuneError for a
     storage or study-dir problem, a study made from a different search-space file, or ``max_failures`` failed
     trials in a row; TuneInterrupted after Ctrl-C/SIGTERM (the study is saved; run again to continue).
     """
@@ -692,9 +795,11 @@ def run_study(space: SearchSpace, *, study_name: str, study_dir: str | os.PathLi
 
     study_dir = Path(study_dir)
     storage = storage or default_storage(study_dir)
+    imported = (str(import_table), read_trials_table(import_table, space)) if import_table is not None else None
     created = _check_study_dir(study_dir, study_name)
     try:
-        study = _open_study(space, study_name, study_dir, storage, seed, heartbeat_interval, stale_after, out)
+        study = _open_study(space, study_name, study_dir, storage, seed, heartbeat_interval, stale_after, out,
+                            imported)
     except TuneError:
         if created:  # a refused start leaves nothing behind
             with contextlib.suppress(OSError):
@@ -924,6 +1029,8 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stale-after", type=int, default=120, help="Seconds without a heartbeat after which a "
                    "running trial counts as dead; it is then continued with the same parameters.")
     p.add_argument("--max-failures", type=int, default=3, help="Stop after this many failed trials in a row.")
+    p.add_argument("--import-table", default=None, help="Seed a new study with the trials of a trials.tsv "
+                   "that tune wrote (when its database was lost), then go on as usual.")
 
 
 def tune_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -943,6 +1050,7 @@ def tune_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     heartbeat = max(1, min(30, args.stale_after // 4))
     study = run_study(space, study_name=study_name, study_dir=study_dir, storage=args.storage,
                       n_trials=args.n_trials, n_jobs=args.n_jobs, seed=args.seed, heartbeat_interval=heartbeat,
-                      stale_after=args.stale_after, max_failures=args.max_failures, out=out)
+                      stale_after=args.stale_after, max_failures=args.max_failures, out=out,
+                      import_table=args.import_table)
     write_report(study, space, study_dir, out)
     return 0

@@ -197,6 +197,48 @@ def test_an_interrupted_trial_continues_in_its_folder(tmp_path):
     assert [c.continues for c in later] == [None]
 
 
+def test_a_lost_study_is_seeded_from_its_table(tmp_path):
+    """A study whose database was lost goes on from the trials.tsv it wrote: same numbers, states, parameters
+    and scores; an interrupted trial is still continued; the table only seeds an empty study."""
+    # two good start points, a bad one (pruned), then a good one, stopped by Ctrl-C after its first report
+    start = [{"--base-lr": 0.03, "--time-mask-ratio": 1.0}, {"--base-lr": 0.02, "--time-mask-ratio": 1.0},
+             {"--base-lr": 0.3, "--time-mask-ratio": 2.5}, {"--base-lr": 0.025, "--time-mask-ratio": 1.0}]
+    space = load_search_space(write_space(tmp_path / "space.json", start=start))
+    with pytest.raises(KeyboardInterrupt):
+        run_study(space, study_name="t", study_dir=tmp_path / "old", n_trials=6, seed=3,
+                  runner=toy_runner(interrupt_on=3), out=io.StringIO())
+    old = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'old' / 'study.db'}")
+    table = write_report(old, space, tmp_path / "old", io.StringIO())["table"]
+    before = [(t.number, t.state.name, t.params, t.value) for t in old.get_trials()]
+    assert [b[1] for b in before] == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL"]
+
+    calls: list[TrialRun] = []
+    out = io.StringIO()
+    study = run_study(space, study_name="t", study_dir=tmp_path / "new", n_trials=4, seed=3,
+                      runner=toy_runner(calls), out=out, import_table=table)
+    assert "added the 4 trials" in out.getvalue()
+    got = [(t.number, t.state.name, t.params, t.value) for t in study.get_trials()][:4]
+    assert [g[:2] for g in got] == [b[:2] for b in before]
+    for (_, _, p_new, v_new), (_, _, p_old, v_old) in zip(got, before):
+        assert p_new.keys() == p_old.keys()
+        assert all(math.isclose(p_new[k], p_old[k], rel_tol=1e-5) for k in p_new)
+        assert (v_new is None) == (v_old is None) and (v_new is None or math.isclose(v_new, v_old, abs_tol=0.005))
+    # the start points were not queued again; the interrupted trial 3 is run again first, as trial 4
+    assert [c.number for c in calls] == [4] and calls[0].continues == 3
+    assert _states(study)[4] == "COMPLETE"
+
+    with pytest.raises(TuneError, match="already holds trials"):
+        run_study(space, study_name="t", study_dir=tmp_path / "new", n_trials=6, runner=toy_runner(),
+                  out=io.StringIO(), import_table=table)
+    bad = tmp_path / "bad.tsv"
+    lines = table.read_text().splitlines()
+    bad.write_text("\n".join([lines[0], lines[1].replace("\t1\t", "\t7.5\t", 1)]) + "\n")
+    with pytest.raises(TuneError, match=r"bad.tsv:2: .*not one of"):
+        run_study(space, study_name="b", study_dir=tmp_path / "b", n_trials=1, runner=toy_runner(),
+                  out=io.StringIO(), import_table=bad)
+    assert not (tmp_path / "b").exists()  # a refused start leaves nothing behind
+
+
 WORKER = """
 import io, sys
 sys.path.insert(0, {tests!r})
