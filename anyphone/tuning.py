@@ -666,6 +666,14 @@ def _requeue_interrupted(study: Any, out: TextIO) -> None:
                   flush=True)
 
 
+def _budget_batches(space: SearchSpace) -> int | None:
+    """The batch a trial ends at (its budget's --max-batches), if the budget gives one."""
+    try:
+        return int(space.budget["--max-batches"])
+    except (KeyError, ValueError):
+        return None
+
+
 def _describe(params: dict[str, Any]) -> str:
     return " ".join(f"--{k} {format_value(v)}" for k, v in params.items())
 
@@ -816,6 +824,8 @@ def run_study(space: SearchSpace, *, study_name: str, study_dir: str | os.PathLi
     lock = threading.Lock()
     failures = {"in_a_row": 0, "last": ""}
 
+    last_batch = _budget_batches(space)
+
     def objective(trial: Any) -> float:
         params = {p.name: p.suggest(trial) for p in space.space}
         continues = trial.user_attrs.get("continues")
@@ -829,7 +839,8 @@ def run_study(space: SearchSpace, *, study_name: str, study_dir: str | os.PathLi
                 reported.add(batch)
                 trial.report(per, batch)
                 trial.set_user_attr("batches", batch)
-            return trial.should_prune()
+            # a trial that has done its whole budget is scored, not pruned: there is nothing left to save
+            return (last_batch is None or batch < last_batch) and trial.should_prune()
 
         print(f"tune: trial {trial.number} starts: {_describe(params)} -> {exp_dir}", file=out, flush=True)
         run = TrialRun(trial.number, {space.param(k).flag: v for k, v in params.items()}, argv, exp_dir, report,

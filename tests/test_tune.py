@@ -136,6 +136,18 @@ def test_median_pruning_table_plots_and_best_command(tmp_path):
     assert "--exp-dir zipformer_crctc/exp-tuned-toy" in cmd
 
 
+def test_a_trial_that_did_its_whole_budget_is_complete_not_pruned(tmp_path):
+    # pruning only at the last report: the bad start point does all 400 batches and keeps its score
+    space = load_search_space(write_space(tmp_path / "space.json",
+                                          pruner={"n_startup_trials": 2, "n_warmup_steps": 399}))
+    study = run_study(space, study_name="end", study_dir=tmp_path / "st", n_trials=3, seed=0, runner=toy_runner(),
+                      out=io.StringIO())
+    bad = sorted(study.get_trials(), key=lambda t: t.number)[2]
+    assert bad.params["base-lr"] == pytest.approx(0.3) and bad.state.name == "COMPLETE"
+    assert bad.value == pytest.approx(toy_per({"--base-lr": 0.3, "--time-mask-ratio": 2.5}, 400))
+    assert list(bad.intermediate_values) == [100, 200, 300, 400]
+
+
 def test_resuming_a_study_runs_only_the_missing_trials(tmp_path):
     space = load_search_space(write_space(tmp_path / "space.json"))
     first: list[TrialRun] = []
