@@ -71,8 +71,7 @@ from anyphone.fileio import atomic_path, atomic_write_text
 __all__ = [
     "SearchSpace", "TrialFailed", "TrialInterrupted", "TrialOutcome", "TrialRun", "TuneError", "TuneInterrupted",
     "add_tune_arguments", "load_search_space", "read_trials_table", "recipe_flags", "run_study", "train_runner",
-    "tune_main",
-    "write_report",
+    "tune_main", "write_report",
 ]
 
 # Flags tune sets itself for every trial; a search-space file may not give them.
@@ -793,9 +792,9 @@ def run_study(space: SearchSpace, *, study_name: str, study_dir: str | os.PathLi
 
     ``import_table`` seeds a new, empty study with the trials of a ``trials.tsv`` this module wrote (a study whose
     database was lost), keeping their numbers. ``runner`` runs one trial (default: :func:`train_runner` on the
-    recipe's train.py). Raises TuneError for a
-    storage or study-dir problem, a study made from a different search-space file, or ``max_failures`` failed
-    trials in a row; TuneInterrupted after Ctrl-C/SIGTERM (the study is saved; run again to continue).
+    recipe's train.py). Raises TuneError for a storage or study-dir problem, a study made from a different
+    search-space file, an unreadable table, or ``max_failures`` failed trials in a row; TuneInterrupted after
+    Ctrl-C/SIGTERM (the study is saved; run again to continue).
     """
     out = out or sys.stdout
     optuna = _quiet_optuna()
