@@ -28,6 +28,9 @@ avg=1
 blank_penalty=""  # decode: subtracted from blank's score; default: the family's recommended one (CR-CTC 0.5, the
                   # transducer 1.0, chosen on dev)
 use_bf16=auto   # auto: bfloat16 autocast where the CPU computes it natively (AVX512-BF16 or AMX), else fp32
+malloc=auto     # auto: train with tcmalloc preloaded where it is installed (libtcmalloc-minimal4), else glibc's
+                # malloc; glibc: never preload. Same numbers either way, only the time differs (RESULTS.md)
+valid_interval=400  # dev PER every N batches and at the end (a dev pass takes about 20 s of a 2-core CPU)
 hours=3
 languages=default
 python=${PYTHON:-python3}
@@ -40,6 +43,27 @@ if [ "$use_bf16" = auto ]; then
   if grep -qw -e avx512_bf16 -e amx_bf16 /proc/cpuinfo 2>/dev/null; then use_bf16=1; else use_bf16=0; fi
 fi
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (run_demo.sh) $*"; }
+# glibc's malloc hands the pages of each step's activations back to the kernel and faults them in again in the
+# next step (40-78% of the CPU in the kernel on a 2-core EPYC); tcmalloc keeps them: 1.25x less wall time over
+# the demo's first 150 batches, with the same losses to the last digit (RESULTS.md, "The allocator").
+train_env=()
+case "$malloc" in
+  auto)
+    tcmalloc=""
+    for lib in $(ldconfig -p 2>/dev/null | awk '/libtcmalloc_minimal\.so\.4 /{print $NF}') \
+               /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 \
+               /usr/lib64/libtcmalloc_minimal.so.4; do
+      if [ -e "$lib" ]; then tcmalloc=$lib; break; fi
+    done
+    if [ -n "$tcmalloc" ]; then
+      train_env=(env "LD_PRELOAD=$tcmalloc${LD_PRELOAD:+:$LD_PRELOAD}")
+      log "Training with tcmalloc ($tcmalloc): same numbers as glibc's malloc, less time (--malloc glibc to turn off)"
+    else
+      log "tcmalloc not found: training with glibc's malloc; 'apt install libtcmalloc-minimal4' makes it about 1.25x faster"
+    fi ;;
+  glibc) ;;
+  *) echo "run_demo.sh: --malloc must be auto or glibc, got $malloc" >&2; exit 1 ;;
+esac
 start=$(date +%s)
 
 ./prepare.sh --stage 0 --stop-stage 1 --nj "$nj" --hours "$hours" --languages "$languages" --python "$python"
@@ -65,12 +89,12 @@ log "Training $recipe ${family:+--family $family }(tiny) for $max_batches batche
 # the run as they would over a long one. bfloat16 autocast where the CPU has AVX512-BF16 or AMX (~35% faster
 # here). CR-CTC starts at batch --cr-start-batch: before it, plain CTC on unmasked features leaves the
 # all-blank phase about twice as early, and the second view (half the throughput) is spent where it teaches
-# something. The last 20% of the time lowers the learning rate linearly to 0 (--cooldown-fraction; with it and
-# 22 instead of 20 minutes, test PER went from 8.66% to 7.59%, beam search; runs spread by about 0.7 points,
-# hence 23 minutes and a blank penalty chosen on dev, see RESULTS.md). Lighter CR-CTC time masks
+# something. The last 20% of the batches lower the learning rate linearly to 0 (--cooldown-fraction; it took
+# an earlier, time-budgeted demo from 8.66% to 7.59% test PER; runs of different code spread by about 0.7
+# points, hence a blank penalty chosen on dev, see RESULTS.md). Lighter CR-CTC time masks
 # (--time-mask-ratio 1; the transducer's simple/pruned warm-up over 300 batches) and no speed perturbation
 # (eSpeak already varies the speaking rate); noise, added silence and noise-only cuts stay on.
-$python "$recipe/train.py" \
+"${train_env[@]}" $python "$recipe/train.py" \
   --model-size tiny --exp-dir "$exp_dir" \
   --train-shar data/shar/embedded/train --dev-shar data/shar/embedded/dev \
   --max-duration "$max_duration" --num-workers 1 --num-threads "$nj" --use-bf16 "$use_bf16" \
@@ -79,7 +103,7 @@ $python "$recipe/train.py" \
   --cooldown-fraction "$cooldown_fraction" \
   --speed-perturb 0 "${task_flags[@]}" \
   --save-every-n "$save_every_n" --keep-last-k $((avg + 2)) --average-period 10 \
-  --valid-interval 100000 --log-interval 50
+  --valid-interval "$valid_interval" --valid-every-epoch 0 --log-interval 50
 
 last=$(ls "$exp_dir"/checkpoint-*.pt | sed 's/.*checkpoint-\([0-9]*\)\.pt/\1/' | sort -n | tail -1)
 # the averaged-model window needs a checkpoint --avg saves back; fall back to fewer when the run was short
