@@ -49,12 +49,7 @@ log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (run_demo.sh) $*"; }
 train_env=()
 case "$malloc" in
   auto)
-    tcmalloc=""
-    for lib in $(ldconfig -p 2>/dev/null | awk '/libtcmalloc_minimal\.so\.4 /{print $NF}') \
-               /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 \
-               /usr/lib64/libtcmalloc_minimal.so.4; do
-      if [ -e "$lib" ]; then tcmalloc=$lib; break; fi
-    done
+    tcmalloc=$(shared/find_tcmalloc.sh)
     if [ -n "$tcmalloc" ]; then
       train_env=(env "LD_PRELOAD=$tcmalloc${LD_PRELOAD:+:$LD_PRELOAD}")
       log "Training with tcmalloc ($tcmalloc): same numbers as glibc's malloc, less time (--malloc glibc to turn off)"

@@ -354,3 +354,23 @@ def test_budget_eta_reports_progress_of_a_batch_budget():
     assert budget_eta(args, 50, 60.0, 10) == ", batch 50 of 100 (50%), about 5 min left"
     assert budget_eta(args, 100, 60.0, 10) == ", batch 100 of 100 (100%), about 0 min left"
     assert budget_eta(argparse.Namespace(max_batches=0), 50, 60.0, 10) == ""
+
+
+def test_budget_eta_counts_cr_ctc_batches_twice():
+    """The demo's CR-CTC phase (two views a batch) takes twice as long a batch as the plain-CTC phase before
+    it: the estimate made before the switch must include that, and the one made after it must not double it."""
+    import argparse
+
+    from anyphone.families import get_family
+    from anyphone.training.loop import budget_eta
+
+    family = get_family("crctc")
+    args = argparse.Namespace(max_batches=100, use_cr_ctc=True, cr_start_batch=61)
+    cost = lambda i: family.batch_cost(args, i)
+    assert [cost(i) for i in (1, 60, 61, 100)] == [1.0, 1.0, 2.0, 2.0]
+    # 10 plain batches took 60 s; then 10 plain (6 s each) and 40 two-view (12 s each): 540 s
+    assert budget_eta(args, 50, 60.0, 10, cost).endswith("about 9 min left")
+    # in the CR phase, 10 batches took 120 s: 30 left are 6 minutes
+    assert budget_eta(args, 70, 120.0, 10, cost).endswith("about 6 min left")
+    assert family.batch_cost(argparse.Namespace(use_cr_ctc=False, cr_start_batch=0), 5) == 1.0
+    assert get_family("transducer").batch_cost(args, 80) == 1.0

@@ -159,6 +159,11 @@ class ModelFamily:
                      is_training: bool) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError
 
+    def batch_cost(self, args: argparse.Namespace, batch_idx_train: int) -> float:
+        """The relative compute of training batch ``batch_idx_train`` (1 for a plain step); the progress
+        message's time estimate weighs the batches still to do by it."""
+        return 1.0
+
     def greedy_decode(self, model: nn.Module, batch: dict) -> list[list[int]]:
         raise NotImplementedError
 

@@ -210,12 +210,18 @@ def budget_progress(batch_idx_train: int, train_minutes: float, cfg: TrainingCon
     return min(1.0, max(parts)) if parts else None
 
 
-def budget_eta(cfg: TrainingConfig, batch_idx_train: int, window_seconds: float, window_batches: int) -> str:
+def budget_eta(cfg: TrainingConfig, batch_idx_train: int, window_seconds: float, window_batches: int,
+               batch_cost: Callable[[int], float] | None = None) -> str:
     """``", batch N of M (P%), about X min left"`` for a --max-batches budget, from the last logging window's
-    pace; empty without that budget. Only the message uses the clock: the work done does not depend on it."""
+    pace; empty without that budget. ``batch_cost(i)`` is batch i's relative cost (CR-CTC's batches with two
+    views cost two), so the estimate holds across a change of phase. Only the message uses the clock: the work
+    done does not depend on it."""
     if cfg.max_batches <= 0 or window_batches <= 0:
         return ""
-    left = max(cfg.max_batches - batch_idx_train, 0) * window_seconds / window_batches / 60
+    cost = batch_cost or (lambda i: 1.0)
+    window = sum(cost(i) for i in range(batch_idx_train - window_batches + 1, batch_idx_train + 1))
+    to_do = sum(cost(i) for i in range(batch_idx_train + 1, cfg.max_batches + 1))
+    left = to_do * window_seconds / max(window, 1e-9) / 60
     return (f", batch {batch_idx_train} of {cfg.max_batches} ({100 * batch_idx_train / cfg.max_batches:.0f}%), "
             f"about {left:.0f} min left")
 
@@ -901,7 +907,9 @@ def _train_one_epoch(
                 "Epoch %d, batch %d: loss %.4f per frame (%s), lr %.2e%s, %.0f s of audio per second, "
                 "%.1f min elapsed%s",
                 state.epoch, state.batch_idx_train, loss_pf, extra, lr, scale, throughput,
-                (time.time() - start_time) / 60, budget_eta(cfg, state.batch_idx_train, elapsed, window_batches),
+                (time.time() - start_time) / 60,
+                budget_eta(cfg, state.batch_idx_train, elapsed, window_batches,
+                           lambda i: task.batch_cost(args, i)),
             )
             window_batches = 0
             monitor.log("train", state.batch_idx_train,
