@@ -246,6 +246,11 @@ def _faker_names(locale_id: str, scripts: tuple[str, ...], n: int) -> tuple[str,
 
     fake = Faker(locale_id)
     fake.seed_instance(1234)
+    # Some providers build their city list from a set (it_IT's getcities), so its order, and the cities a
+    # seeded Faker draws, changed with Python's hash seed from one process to the next: draw from it sorted.
+    for provider in fake.get_providers():
+        if isinstance(getattr(provider, "cities", None), (list, tuple)):
+            provider.cities = sorted(set(provider.cities))
     makers = [fake.first_name, fake.last_name]
     if importlib.util.find_spec(f"faker.providers.address.{locale_id}") is not None:
         makers.append(fake.city)
