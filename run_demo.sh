@@ -45,7 +45,8 @@ fi
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (run_demo.sh) $*"; }
 # glibc's malloc hands the pages of each step's activations back to the kernel and faults them in again in the
 # next step (40-78% of the CPU in the kernel on a 2-core EPYC); tcmalloc keeps them: 1.25x less wall time over
-# the demo's first 150 batches, with the same losses to the last digit (RESULTS.md, "The allocator").
+# the demo's first 150 batches, with the same losses to the last digit, and bounded memory over a whole demo
+# (RESULTS.md: "make demo twice, with tcmalloc" and "Trial 17's schedule at demo scale, and jemalloc").
 train_env=()
 case "$malloc" in
   auto)

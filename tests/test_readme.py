@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 FLAG = re.compile(r"(?<![\w-])(--[A-Za-z0-9][A-Za-z0-9_-]*)")
 # Scripts whose flags README's prose names without a command (the transducer's --prune-range ...).
-ALSO_DOCUMENTED = ["zipformer_transducer/train.py"]
+ALSO_DOCUMENTED = ["zipformer_transducer/train.py", "benchmarks/train_throughput.py"]
 
 
 def _join_continuations(text: str) -> str:
