@@ -354,6 +354,8 @@ def test_budget_eta_reports_progress_of_a_batch_budget():
     assert budget_eta(args, 50, 60.0, 10) == ", batch 50 of 100 (50%), about 5 min left"
     assert budget_eta(args, 100, 60.0, 10) == ", batch 100 of 100 (100%), about 0 min left"
     assert budget_eta(argparse.Namespace(max_batches=0), 50, 60.0, 10) == ""
+    # a new epoch's first log can cover 3 batches and the dataloader's start: no estimate from that
+    assert budget_eta(args, 50, 30.0, 3) == ", batch 50 of 100 (50%)"
 
 
 def test_budget_eta_counts_cr_ctc_batches_twice():

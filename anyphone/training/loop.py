@@ -214,16 +214,19 @@ def budget_eta(cfg: TrainingConfig, batch_idx_train: int, window_seconds: float,
                batch_cost: Callable[[int], float] | None = None) -> str:
     """``", batch N of M (P%), about X min left"`` for a --max-batches budget, from the last logging window's
     pace; empty without that budget. ``batch_cost(i)`` is batch i's relative cost (CR-CTC's batches with two
-    views cost two), so the estimate holds across a change of phase. Only the message uses the clock: the work
-    done does not depend on it."""
+    views cost two), so the estimate holds across a change of phase; a window of under 10 batches gives no
+    estimate. Only the message uses the clock: the work done does not depend on it."""
     if cfg.max_batches <= 0 or window_batches <= 0:
         return ""
+    done = f", batch {batch_idx_train} of {cfg.max_batches} ({100 * batch_idx_train / cfg.max_batches:.0f}%)"
+    if window_batches < 10:
+        # the first log of an epoch can cover a few batches and the dataloader's start (it said 83 min for 29)
+        return done
     cost = batch_cost or (lambda i: 1.0)
     window = sum(cost(i) for i in range(batch_idx_train - window_batches + 1, batch_idx_train + 1))
     to_do = sum(cost(i) for i in range(batch_idx_train + 1, cfg.max_batches + 1))
     left = to_do * window_seconds / max(window, 1e-9) / 60
-    return (f", batch {batch_idx_train} of {cfg.max_batches} ({100 * batch_idx_train / cfg.max_batches:.0f}%), "
-            f"about {left:.0f} min left")
+    return f"{done}, about {left:.0f} min left"
 
 
 def cooldown_factor(progress: float | None, fraction: float) -> float:
