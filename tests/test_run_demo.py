@@ -3,6 +3,7 @@ auto` finds is one a Python process can preload, computing the same numbers as g
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,6 @@ def test_the_tcmalloc_found_is_preloaded_and_changes_no_number():
              "print('tcmalloc' in open('/proc/self/maps').read(), m(x).sum().double().item().hex())\n")
 
     def run(env_extra: dict[str, str]) -> tuple[str, str]:
-        import os
         env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"} | env_extra
         out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True,
                              timeout=300).stdout.split()

@@ -368,11 +368,12 @@ def test_budget_eta_counts_cr_ctc_batches_twice():
 
     family = get_family("crctc")
     args = argparse.Namespace(max_batches=100, use_cr_ctc=True, cr_start_batch=61)
-    cost = lambda i: family.batch_cost(args, i)
-    assert [cost(i) for i in (1, 60, 61, 100)] == [1.0, 1.0, 2.0, 2.0]
+    work = lambda first, last: family.work_between(args, first, last)
+    assert [work(i, i) for i in (1, 60, 61, 100)] == [1.0, 1.0, 2.0, 2.0]
+    assert work(1, 100) == 60 + 2 * 40 and work(55, 65) == 6 + 2 * 5 and work(71, 70) == 0
     # 10 plain batches took 60 s; then 10 plain (6 s each) and 40 two-view (12 s each): 540 s
-    assert budget_eta(args, 50, 60.0, 10, cost).endswith("about 9 min left")
+    assert budget_eta(args, 50, 60.0, 10, work).endswith("about 9 min left")
     # in the CR phase, 10 batches took 120 s: 30 left are 6 minutes
-    assert budget_eta(args, 70, 120.0, 10, cost).endswith("about 6 min left")
-    assert family.batch_cost(argparse.Namespace(use_cr_ctc=False, cr_start_batch=0), 5) == 1.0
-    assert get_family("transducer").batch_cost(args, 80) == 1.0
+    assert budget_eta(args, 70, 120.0, 10, work).endswith("about 6 min left")
+    assert family.work_between(argparse.Namespace(use_cr_ctc=False, cr_start_batch=0), 1, 5) == 5.0
+    assert get_family("transducer").work_between(args, 61, 80) == 20.0

@@ -159,10 +159,10 @@ class ModelFamily:
                      is_training: bool) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError
 
-    def batch_cost(self, args: argparse.Namespace, batch_idx_train: int) -> float:
-        """The relative compute of training batch ``batch_idx_train`` (1 for a plain step); the progress
-        message's time estimate weighs the batches still to do by it."""
-        return 1.0
+    def work_between(self, args: argparse.Namespace, first: int, last: int) -> float:
+        """The relative compute of training batches ``first`` to ``last`` (inclusive; a plain step is 1); the
+        progress message's time estimate weighs the batches still to do by it."""
+        return float(max(last - first + 1, 0))
 
     def greedy_decode(self, model: nn.Module, batch: dict) -> list[list[int]]:
         raise NotImplementedError

@@ -94,9 +94,10 @@ class CrCtcFamily(CtcFamily, ZipformerFamily):
                                          else SpecAugmentConfig())
         return self._spec_aug
 
-    def batch_cost(self, args, batch_idx_train: int) -> float:
-        # from --cr-start-batch on the encoder runs on both masked views of every cut
-        return 2.0 if args.use_cr_ctc and batch_idx_train >= getattr(args, "cr_start_batch", 0) else 1.0
+    def work_between(self, args, first: int, last: int) -> float:
+        # from --cr-start-batch on the encoder runs on both masked views of every cut: those batches count twice
+        two_views = max(last - max(first, getattr(args, "cr_start_batch", 0)) + 1, 0) if args.use_cr_ctc else 0
+        return super().work_between(args, first, last) + two_views
 
     def compute_loss(self, model, batch: dict, args, batch_idx_train: int, is_training: bool):
         from anyphone.losses.crctc import cr_consistency_loss, cr_loss_scale_at

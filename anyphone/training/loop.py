@@ -211,10 +211,10 @@ def budget_progress(batch_idx_train: int, train_minutes: float, cfg: TrainingCon
 
 
 def budget_eta(cfg: TrainingConfig, batch_idx_train: int, window_seconds: float, window_batches: int,
-               batch_cost: Callable[[int], float] | None = None) -> str:
+               work: Callable[[int, int], float] | None = None) -> str:
     """``", batch N of M (P%), about X min left"`` for a --max-batches budget, from the last logging window's
-    pace; empty without that budget. ``batch_cost(i)`` is batch i's relative cost (CR-CTC's batches with two
-    views cost two), so the estimate holds across a change of phase; a window of under 10 batches gives no
+    pace; empty without that budget. ``work(first, last)`` is the relative cost of those batches (CR-CTC's with
+    two views count twice), so the estimate holds across a change of phase; a window of under 10 batches gives no
     estimate. Only the message uses the clock: the work done does not depend on it."""
     if cfg.max_batches <= 0 or window_batches <= 0:
         return ""
@@ -222,9 +222,9 @@ def budget_eta(cfg: TrainingConfig, batch_idx_train: int, window_seconds: float,
     if window_batches < 10:
         # the first log of an epoch can cover a few batches and the dataloader's start (it said 83 min for 29)
         return done
-    cost = batch_cost or (lambda i: 1.0)
-    window = sum(cost(i) for i in range(batch_idx_train - window_batches + 1, batch_idx_train + 1))
-    to_do = sum(cost(i) for i in range(batch_idx_train + 1, cfg.max_batches + 1))
+    work = work or (lambda first, last: float(max(last - first + 1, 0)))
+    window = work(batch_idx_train - window_batches + 1, batch_idx_train)
+    to_do = work(batch_idx_train + 1, cfg.max_batches)
     left = to_do * window_seconds / max(window, 1e-9) / 60
     return f"{done}, about {left:.0f} min left"
 
@@ -912,7 +912,7 @@ def _train_one_epoch(
                 state.epoch, state.batch_idx_train, loss_pf, extra, lr, scale, throughput,
                 (time.time() - start_time) / 60,
                 budget_eta(cfg, state.batch_idx_train, elapsed, window_batches,
-                           lambda i: task.batch_cost(args, i)),
+                           lambda first, last: task.work_between(args, first, last)),
             )
             window_batches = 0
             monitor.log("train", state.batch_idx_train,
