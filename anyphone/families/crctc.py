@@ -94,9 +94,16 @@ class CrCtcFamily(CtcFamily, ZipformerFamily):
                                          else SpecAugmentConfig())
         return self._spec_aug
 
+    @staticmethod
+    def _cr_start_batch(args) -> int | None:
+        """The first training batch with CR-CTC's two views (--cr-start-batch); None without CR-CTC. The loss and
+        the progress estimate both ask here, so they agree on the switch."""
+        return getattr(args, "cr_start_batch", 0) if args.use_cr_ctc else None
+
     def work_between(self, args, first: int, last: int) -> float:
         # from --cr-start-batch on the encoder runs on both masked views of every cut: those batches count twice
-        two_views = max(last - max(first, getattr(args, "cr_start_batch", 0)) + 1, 0) if args.use_cr_ctc else 0
+        start = self._cr_start_batch(args)
+        two_views = 0 if start is None else max(last - max(first, start) + 1, 0)
         return super().work_between(args, first, last) + two_views
 
     def compute_loss(self, model, batch: dict, args, batch_idx_train: int, is_training: bool):
@@ -105,8 +112,8 @@ class CrCtcFamily(CtcFamily, ZipformerFamily):
         x, x_lens = batch["features"], batch["feature_lens"]
         targets: list[list[int]] = batch["token_ids"]
         n = len(targets)
-        cr_start = getattr(args, "cr_start_batch", 0)
-        use_cr = args.use_cr_ctc and is_training and batch_idx_train >= cr_start
+        cr_start = self._cr_start_batch(args)
+        use_cr = is_training and cr_start is not None and batch_idx_train >= cr_start
         warming_up = args.use_cr_ctc and is_training and not use_cr
         if is_training and args.enable_model_spec_aug and not warming_up:
             aug = self._specaug(args)
