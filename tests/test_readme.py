@@ -265,7 +265,7 @@ def test_commands_on_the_demo_model_name_what_make_demo_leaves():
 
     demo_cmds = [argv for argv in readme_commands() if any("exp-demo" in t for t in argv)]
     assert demo_cmds, "README shows no command on the demo's model"
-    last = _demo_default("max_batches")
+    last = _demo_default("crctc_batches")  # the CR-CTC recipe's demo
     written: set[str] = set()
     for argv in demo_cmds:
         if "--iter" in argv:
