@@ -35,8 +35,9 @@ avg=1
 blank_penalty=""  # decode: subtracted from blank's score; default: the family's recommended one (CR-CTC 0.5, the
                   # transducer 1.0, chosen on dev)
 use_bf16=auto   # auto: bfloat16 autocast where the CPU computes it natively (AVX512-BF16 or AMX), else fp32
-malloc=auto     # auto: train with tcmalloc preloaded where it is installed (libtcmalloc-minimal4), else glibc's
-                # malloc; glibc: never preload. Same numbers either way, only the time differs (RESULTS.md)
+malloc=auto     # auto: train with tcmalloc preloaded where it is installed (libtcmalloc-minimal4), else glibc-keep;
+                # glibc-keep: glibc's malloc told to keep freed memory (no mmap, no trimming); glibc: glibc's
+                # defaults. The same numbers with each, only the time and memory differ (RESULTS.md)
 valid_interval=400  # dev PER every N batches and at the end (a dev pass takes about 20 s of a 2-core CPU)
 hours=3
 languages=default
@@ -51,9 +52,12 @@ if [ "$use_bf16" = auto ]; then
 fi
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (run_demo.sh) $*"; }
 # glibc's malloc hands the pages of each step's activations back to the kernel and faults them in again in the
-# next step (40-78% of the CPU in the kernel on a 2-core EPYC); tcmalloc keeps them: 1.25x less wall time over
-# the demo's first 150 batches, with the same losses to the last digit, and bounded memory over a whole demo
-# (RESULTS.md: "make demo twice, with tcmalloc" and "Trial 17's schedule at demo scale, and jemalloc").
+# next step (40-78% of the CPU in the kernel on a 2-core EPYC): its large blocks (over 32 MiB at most) are mmap'd
+# and unmapped each time, and the heap's top is trimmed. tcmalloc keeps them (1.25x less wall time over the demo's
+# first 150 batches, the same losses to the last digit, bounded memory over a whole demo); where it is not
+# installed, glibc's own tunables do the same: no mmap (MALLOC_MMAP_MAX_=0), no trimming, a 1 GiB top pad
+# (RESULTS.md: "make demo twice, with tcmalloc" and "glibc that keeps its memory").
+glibc_keep=(env MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824)
 train_env=()
 case "$malloc" in
   auto)
@@ -62,10 +66,13 @@ case "$malloc" in
       train_env=(env "LD_PRELOAD=$tcmalloc${LD_PRELOAD:+:$LD_PRELOAD}")
       log "Training with tcmalloc ($tcmalloc): same numbers as glibc's malloc, less time (--malloc glibc to turn off)"
     else
-      log "tcmalloc not found: training with glibc's malloc; 'apt install libtcmalloc-minimal4' makes it about 1.25x faster"
+      train_env=("${glibc_keep[@]}")
+      log "tcmalloc not found: training with glibc's malloc keeping freed memory (--malloc glibc for its defaults)"
     fi ;;
+  glibc-keep) train_env=("${glibc_keep[@]}")
+    log "Training with glibc's malloc keeping freed memory: same numbers, less time than its defaults" ;;
   glibc) ;;
-  *) echo "run_demo.sh: --malloc must be auto or glibc, got $malloc" >&2; exit 1 ;;
+  *) echo "run_demo.sh: --malloc must be auto, glibc-keep or glibc, got $malloc" >&2; exit 1 ;;
 esac
 start=$(date +%s)
 
