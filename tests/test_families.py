@@ -122,6 +122,25 @@ def test_greedy_and_beam_decode_give_valid_ids(name):
         family.decode(model, batch, DecodeOptions(method="nonsense", beam_size=2))
 
 
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_validation_step_gives_the_eval_loss_and_the_greedy_hypotheses(name):
+    family, _, model = _model(name)
+    args = _args(name)
+    model.eval()
+    batch = _batch()
+    with torch.no_grad():
+        head = getattr(model, "ctc_output", None)
+        if isinstance(head, torch.nn.Sequential):
+            head[1].bias[0] -= 20.0  # an unlikely blank: no empty hypothesis
+        loss, info, hyps = family.validation_step(model, batch, args, 1)
+        ref_loss, ref_info = family.compute_loss(model, batch, args, 1, False)
+    assert torch.equal(loss, ref_loss) and info == ref_info
+    if name == "crctc":  # its loss and its greedy search read one encoder pass
+        assert hyps is not None and len(hyps) == 2 and all(hyps)
+    if hyps is not None:
+        assert hyps == family.greedy_decode(model, batch)
+
+
 def test_ctc_families_give_recognition_log_probs_at_50_hz():
     for name in REGISTRY:
         family, _, model = _model(name)

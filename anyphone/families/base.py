@@ -167,6 +167,14 @@ class ModelFamily:
     def greedy_decode(self, model: nn.Module, batch: dict) -> list[list[int]]:
         raise NotImplementedError
 
+    def validation_step(self, model: nn.Module, batch: dict, args: argparse.Namespace, batch_idx_train: int
+                        ) -> tuple[Tensor, dict[str, float], list[list[int]] | None]:
+        """Dev loss, its info and the greedy hypotheses of one batch (eval mode, no grad). A family whose loss
+        and greedy search read the same encoder pass returns the hypotheses, which halves a dev pass; None
+        means the loop calls :meth:`greedy_decode` (a second pass)."""
+        loss, info = self.compute_loss(model, batch, args, batch_idx_train, False)
+        return loss, info, None
+
     def decode(self, model: nn.Module, batch: dict, options: DecodeOptions) -> list[list[int]]:
         """The search ``options`` names (its method, else :attr:`default_decoding_method`) over the batch's
         ``features`` (N, T, 80) / ``feature_lens`` (N,): a token-id list per cut."""

@@ -107,6 +107,17 @@ class CrCtcFamily(CtcFamily, ZipformerFamily):
         return super().work_between(args, first, last) + two_views
 
     def compute_loss(self, model, batch: dict, args, batch_idx_train: int, is_training: bool):
+        loss, info, _ = self._loss_and_log_probs(model, batch, args, batch_idx_train, is_training)
+        return loss, info
+
+    def validation_step(self, model, batch: dict, args, batch_idx_train: int):
+        from anyphone.decoding.ctc import ctc_greedy_search
+
+        # the dev loss and the dev PER from one encoder pass (greedy_decode would run a second, identical one)
+        loss, info, (log_probs, out_lens) = self._loss_and_log_probs(model, batch, args, batch_idx_train, False)
+        return loss, info, ctc_greedy_search(log_probs, out_lens)
+
+    def _loss_and_log_probs(self, model, batch: dict, args, batch_idx_train: int, is_training: bool):
         from anyphone.losses.crctc import cr_consistency_loss, cr_loss_scale_at
 
         x, x_lens = batch["features"], batch["feature_lens"]
@@ -139,7 +150,7 @@ class CrCtcFamily(CtcFamily, ZipformerFamily):
             info["cr_loss"] = float(cr.detach())
         frames = float(out_lens[:n].sum())
         info["frames"] = frames
-        return loss, info
+        return loss, info, (log_probs, out_lens)
 
     @staticmethod
     def cut_weights(batch: dict, args, n: int) -> tuple[list[float], list[float]]:

@@ -967,11 +967,13 @@ def validate(args, cfg: TrainingConfig, task, info, device, train_model, dev_dl,
     for batch in dev_dl:
         batch = move_batch(batch, device)
         with autocast_context(cfg, device):
-            loss, loss_info = task.compute_loss(model, batch, args, state.batch_idx_train, False)
+            loss, loss_info, hyps = task.validation_step(model, batch, args, state.batch_idx_train)
         if torch.isfinite(loss):
             tot_loss += float(loss)
             tot_frames += float(loss_info["frames"])
-        for ref, hyp in zip(batch["texts"], task.greedy_decode(model, batch)):
+        if hyps is None:
+            hyps = task.greedy_decode(model, batch)
+        for ref, hyp in zip(batch["texts"], hyps):
             stats.add(utterance_stats(ref, tokenizer.decode(hyp), pfer=False))
     tot_loss, tot_frames, errs, ref_len = all_reduce_sum(
         [tot_loss, tot_frames, float(stats.errors), float(stats.ref_phones)], device)
