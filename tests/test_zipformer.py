@@ -421,3 +421,50 @@ def test_export_code_paths_match_eager(monkeypatch):
         monkeypatch.setattr(sub, "is_exporting", lambda: True)
         out, out_lens = model.forward_encoder(x, lens)
     assert torch.equal(out, ref) and torch.equal(out_lens, ref_lens)
+
+
+def _graph_node_names(t: torch.Tensor) -> set[str]:
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        todo.extend(f for f, _ in fn.next_functions)
+    return {type(fn).__name__ for fn in seen}
+
+
+def test_convnext_fast_cpu_depthwise_gradients_match_plain_convolution():
+    from anyphone.models.subsampling import ConvNeXt
+
+    torch.manual_seed(0)
+    block = ConvNeXt(16).train()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0.0, 0.3)
+    x = torch.randn(3, 16, 50, 11)
+    w = torch.linspace(-1.0, 1.0, x.numel()).view_as(x)
+
+    def grads(fast: bool):
+        block.channels_last_on_cpu = fast
+        xi = x.clone().requires_grad_(True)
+        block.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same layer-drop and regulariser draws
+        random.seed(1)
+        y = block(xi)
+        (y * w).sum().backward()
+        return y.detach(), xi.grad, {n: p.grad for n, p in block.named_parameters()}, _graph_node_names(y)
+
+    try:
+        y_fast, gx_fast, gp_fast, nodes = grads(True)
+        y_ref, gx_ref, gp_ref, ref_nodes = grads(False)
+    finally:
+        block.channels_last_on_cpu = True
+    assert "_DepthwiseConv2dTrainCpuBackward" in nodes and "_DepthwiseConv2dTrainCpuBackward" not in ref_nodes
+    torch.testing.assert_close(y_fast, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx_fast, gx_ref, rtol=1e-4, atol=1e-4)
+    for name, g in gp_ref.items():
+        torch.testing.assert_close(gp_fast[name], g, rtol=1e-4, atol=1e-4 * float(g.abs().max()), msg=name)
+    # under autocast, in eval and without grad the block keeps the plain convolution
+    with torch.no_grad():
+        assert torch.equal(block.eval()(x), block.eval()(x))
