@@ -115,7 +115,6 @@ class TransducerFamily(ZipformerFamily):
 
     def compute_loss(self, model, batch: dict, args, batch_idx_train: int, is_training: bool):
         from anyphone.models.specaug import SpecAugment
-        from anyphone.models.transducer import transducer_loss_scales
 
         x, x_lens = batch["features"], batch["feature_lens"]
         if is_training and args.enable_model_spec_aug:
@@ -124,6 +123,25 @@ class TransducerFamily(ZipformerFamily):
             x = self._spec_aug(x, x_lens)
         out = model(x, x_lens, batch["token_ids"], prune_range=args.prune_range,
                     am_scale=args.am_scale, lm_scale=args.lm_scale)
+        return self._weighted_losses(out, x_lens, args, batch_idx_train)
+
+    def validation_step(self, model, batch: dict, args, batch_idx_train: int):
+        from anyphone.decoding.transducer import greedy_search_batch
+
+        # the dev losses and the greedy hypotheses from one encoder pass (model(...) runs forward_encoder too)
+        x, x_lens, tokens = batch["features"], batch["feature_lens"], batch["token_ids"]
+        enc, enc_lens = model.forward_encoder(x, x_lens)
+        out = model.forward_transducer(enc, enc_lens, tokens, prune_range=args.prune_range,
+                                       am_scale=args.am_scale, lm_scale=args.lm_scale)
+        if model.use_ctc:
+            out = (*out, model.forward_ctc(enc, enc_lens, tokens))
+        loss, info = self._weighted_losses(out, x_lens, args, batch_idx_train)
+        return loss, info, greedy_search_batch(model, enc, enc_lens)
+
+    @staticmethod
+    def _weighted_losses(out, x_lens, args, batch_idx_train: int):
+        from anyphone.models.transducer import transducer_loss_scales
+
         simple, pruned = out[0], out[1]
         simple_scale, pruned_scale = transducer_loss_scales(batch_idx_train, args.warm_step,
                                                             args.simple_loss_scale)
