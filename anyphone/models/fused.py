@@ -65,18 +65,14 @@ def swoosh_slope(x: Tensor, shift: float) -> Tensor:
 def _swoosh_torch(
     x: Tensor, shift: float, offset: float, deriv_dtype: torch.dtype | None, mask: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    # swoosh_value and swoosh_slope's formulas, op for op (the same bits), with x - shift computed once and
-    # the derivative's steps in place: on CPU each full pass over a large activation costs memory bandwidth
-    xf = x.float()
-    t = xf - shift
-    y = F.softplus(t).add_(xf, alpha=-SWOOSH_SLOPE).sub_(offset).to(x.dtype)
+    y = swoosh_value(x, shift, offset).to(x.dtype)
     if mask is not None:
         y = y * mask
     if deriv_dtype is None:
         return y, x.new_empty(0)
-    d = t.sigmoid_().sub_(SWOOSH_SLOPE)
+    d = swoosh_slope(x, shift)
     if deriv_dtype == torch.uint8:
-        q = d.sub_(DERIV_LO).mul_(_Q_SCALE).add_(torch.rand_like(d))
+        q = (d - DERIV_LO) * _Q_SCALE + torch.rand_like(d)
         return y, q.clamp_(0.0, 255.0).to(torch.uint8)
     d = d.to(deriv_dtype)
     return y, d if mask is None else d * mask
