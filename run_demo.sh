@@ -38,7 +38,7 @@ use_bf16=auto   # auto: bfloat16 autocast where the CPU computes it natively (AV
 malloc=auto     # auto: train with tcmalloc preloaded where it is installed (libtcmalloc-minimal4), else glibc-keep;
                 # glibc-keep: glibc's malloc told to keep freed memory (no mmap, no trimming); glibc: glibc's
                 # defaults. The same numbers with each, only the time and memory differ (RESULTS.md)
-valid_interval=400  # dev PER every N batches and at the end (a dev pass takes about 20 s of a 2-core CPU)
+valid_interval=400  # dev PER every N batches and at the end (a dev pass takes 7-14 s of a 2-core CPU)
 hours=3
 languages=default
 python=${PYTHON:-python3}

@@ -129,12 +129,10 @@ class TransducerFamily(ZipformerFamily):
         from anyphone.decoding.transducer import greedy_search_batch
 
         # the dev losses and the greedy hypotheses from one encoder pass (model(...) runs forward_encoder too)
-        x, x_lens, tokens = batch["features"], batch["feature_lens"], batch["token_ids"]
+        x, x_lens = batch["features"], batch["feature_lens"]
         enc, enc_lens = model.forward_encoder(x, x_lens)
-        out = model.forward_transducer(enc, enc_lens, tokens, prune_range=args.prune_range,
-                                       am_scale=args.am_scale, lm_scale=args.lm_scale)
-        if model.use_ctc:
-            out = (*out, model.forward_ctc(enc, enc_lens, tokens))
+        out = model.losses(enc, enc_lens, batch["token_ids"], prune_range=args.prune_range,
+                           am_scale=args.am_scale, lm_scale=args.lm_scale)
         loss, info = self._weighted_losses(out, x_lens, args, batch_idx_train)
         return loss, info, greedy_search_batch(model, enc, enc_lens)
 

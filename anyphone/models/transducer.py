@@ -227,6 +227,11 @@ class TransducerModel(nn.Module):
         loss as a third element.
         """
         encoder_out, encoder_out_lens = self.forward_encoder(x, x_lens)
+        return self.losses(encoder_out, encoder_out_lens, token_ids, prune_range, am_scale, lm_scale)
+
+    def losses(self, encoder_out: Tensor, encoder_out_lens: Tensor, token_ids: Sequence[Sequence[int]],
+               prune_range: int = 5, am_scale: float = 0.0, lm_scale: float = 0.0) -> tuple[Tensor, ...]:
+        """:meth:`forward`'s losses from an encoder output already computed (a dev pass decodes the same one)."""
         simple_loss, pruned_loss = self.forward_transducer(encoder_out, encoder_out_lens, token_ids,
                                                            prune_range, am_scale, lm_scale)
         if self.use_ctc:
