@@ -6,15 +6,23 @@ STAMP := $(VENV)/.anyphone-installed
 TEST_STAMP := $(VENV)/.anyphone-test-installed
 NJOBS ?= 2
 
+# what the demo's processes import (torch._dynamo and sympy come with the optimizer's first step)
+WARM_IMPORTS := import torch._dynamo, torch.utils.tensorboard, matplotlib.pyplot, lhotse, kaldialign, faker, \
+  num2words, wordfreq, anyphone.training.recipe, anyphone.training.loop, anyphone.evaluation.recipe, \
+  anyphone.families.crctc, anyphone.families.transducer, anyphone.data.espeak, anyphone.cli
+
 .PHONY: demo demo-transducer test install lint clean-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	# --no-compile: pip byte-compiles every file it installs, one after the other (35-50 s of the install here);
+	# the one import below writes bytecode for the modules the demo runs, even where PYTHONDONTWRITEBYTECODE is set.
 	# torch first: the pinned CPU build where the machine has it, else any release >= 2.4
-	$(PY) -m pip install -q torch==2.13.0 || $(PY) -m pip install -q 'torch>=2.4'
+	$(PY) -m pip install -q --no-compile torch==2.13.0 || $(PY) -m pip install -q --no-compile 'torch>=2.4'
 	# the package alone: the demo needs none of the test tools (30 s less to install)
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q --no-compile -e .
+	PYTHONDONTWRITEBYTECODE= $(PY) -c "$(WARM_IMPORTS)"
 	@touch $@
 
 install: $(STAMP)
