@@ -31,6 +31,9 @@ install: $(STAMP)
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q -e '.[dev,kernel-tests]' || echo "Triton not installed: its kernel tests will be skipped"
+	# the tests start many Python processes that import more than the demo: bytecode for everything, in parallel
+	# (a few of torch's files are for newer Pythons and do not compile, as when pip compiles them: not an error)
+	$(PY) -m compileall -q -j 0 $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") > /dev/null || true
 	@touch $@
 
 test: $(TEST_STAMP)
