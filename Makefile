@@ -6,9 +6,10 @@ STAMP := $(VENV)/.anyphone-installed
 TEST_STAMP := $(VENV)/.anyphone-test-installed
 NJOBS ?= 2
 
-# what the demo's processes import (torch._dynamo and sympy come with the optimizer's first step)
+# what the demo's processes import (torch._dynamo and sympy come with the optimizer's first step), and what every
+# later decode or `anyphone recognize` imports (panphon's pandas for PFER, scipy.signal for resampling)
 WARM_IMPORTS := import torch._dynamo, torch.utils.tensorboard, matplotlib.pyplot, lhotse, kaldialign, faker, \
-  num2words, wordfreq, anyphone.training.recipe, anyphone.training.loop, anyphone.evaluation.recipe, \
+  num2words, wordfreq, panphon, scipy.signal, anyphone.training.recipe, anyphone.training.loop, anyphone.evaluation.recipe, \
   anyphone.families.crctc, anyphone.families.transducer, anyphone.data.espeak, anyphone.cli
 
 .PHONY: demo demo-transducer test install lint clean-demo
