@@ -14,17 +14,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
-from types import SimpleNamespace
 
 import torch
-from train_throughput import make_batch
+from train_throughput import make_batch, training_setup
 
-from anyphone.families.crctc import CrCtcFamily
-from anyphone.models.ctc import CtcModel
-from anyphone.models.presets import get_preset
 from anyphone.models.scaling import set_batch_count
-from anyphone.optim import ScaledAdam
 from anyphone.training.loop import tune_cpu_allocator
 
 
@@ -37,14 +33,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     tune_cpu_allocator()  # as the training loop does
-    torch.manual_seed(0)
-    model = CtcModel(get_preset("tiny")).train()
-    opt = ScaledAdam(list(model.named_parameters()), lr=0.045, clipping_scale=2.0)
-    family = CrCtcFamily()
-    # the demo's flags: plain CTC, no SpecAugment in the model
-    args = SimpleNamespace(use_cr_ctc=False, enable_model_spec_aug=False, time_mask_ratio=2.5, cr_loss_scale=0.15,
-                           cr_warmup_batches=0, ctc_loss_scale=1.0, use_unsup_cr_ctc=False,
-                           unsup_cr_ctc_loss_scale=0.5, cr_start_batch=None)
+    model, opt, family, args = training_setup("tiny", torch.device("cpu"), cr_ctc=False)
     run_model = torch.compile(model, dynamic=True) if a.mode == "compile" else model
     gen = torch.Generator().manual_seed(1)
     batches = [make_batch(a.batch_seconds, torch.device("cpu"), gen) for _ in range(6)]
@@ -59,9 +48,8 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
         print(f"{a.mode} step {step:2d} batch {tuple(batch['features'].shape)}: {times[-1]:.3f} s", flush=True)
-    late = sorted(times[len(batches):])
     print(f"{a.mode}: median of steps {len(batches)}-{a.steps - 1} (every shape seen once before): "
-          f"{late[len(late) // 2]:.3f} s")
+          f"{statistics.median(times[len(batches):]):.3f} s")
 
 
 if __name__ == "__main__":

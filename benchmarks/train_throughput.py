@@ -39,15 +39,21 @@ def make_batch(batch_seconds: float, device: torch.device, gen: torch.Generator)
     return {"features": feats.to(device), "feature_lens": torch.tensor(lens, device=device), "token_ids": tokens}
 
 
-def measure(size: str, device: torch.device, dtype: str, batch_seconds: float, steps: int, warmup: int) -> dict:
+def training_setup(size: str, device: torch.device, cr_ctc: bool = True):
+    """(model, ScaledAdam, family, loss args) for CR-CTC steps (two SpecAugmented views), or with ``cr_ctc=False``
+    the demo's plain-CTC steps (one view, no SpecAugment in the model); seeded, so every run starts alike."""
     torch.manual_seed(0)
     model = CtcModel(get_preset(size)).to(device).train()
-    params = sum(p.numel() for p in model.parameters())
     opt = ScaledAdam(list(model.named_parameters()), lr=0.045, clipping_scale=2.0)
-    task = CrCtcFamily()
-    args = SimpleNamespace(use_cr_ctc=True, enable_model_spec_aug=True, time_mask_ratio=2.5, cr_loss_scale=0.15,
+    args = SimpleNamespace(use_cr_ctc=cr_ctc, enable_model_spec_aug=cr_ctc, time_mask_ratio=2.5, cr_loss_scale=0.15,
                            cr_warmup_batches=0, ctc_loss_scale=1.0, use_unsup_cr_ctc=False,
                            unsup_cr_ctc_loss_scale=0.5)
+    return model, opt, CrCtcFamily(), args
+
+
+def measure(size: str, device: torch.device, dtype: str, batch_seconds: float, steps: int, warmup: int) -> dict:
+    model, opt, task, args = training_setup(size, device)
+    params = sum(p.numel() for p in model.parameters())
     gen = torch.Generator().manual_seed(1)
     batches = [make_batch(batch_seconds, device, gen) for _ in range(3)]
     amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
