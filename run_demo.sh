@@ -39,6 +39,7 @@ malloc=auto     # auto: train with tcmalloc preloaded where it is installed (lib
                 # glibc-keep: glibc's malloc told to keep freed memory (no mmap, no trimming); glibc: glibc's
                 # defaults. The same numbers with each, only the time and memory differ (RESULTS.md)
 valid_interval=400  # dev PER every N batches and at the end (a dev pass takes 7-14 s of a 2-core CPU)
+log_interval=50     # a progress line (loss, audio per second, ETA) every N batches
 hours=3
 languages=default
 python=${PYTHON:-python3}
@@ -120,7 +121,7 @@ log "Training $recipe ${family:+--family $family }(tiny) for $max_batches batche
   --cooldown-fraction "$cooldown_fraction" \
   --speed-perturb 0 "${task_flags[@]}" \
   --save-every-n "$save_every_n" --keep-last-k $((avg + 2)) --average-period 10 \
-  --valid-interval "$valid_interval" --valid-every-epoch 0 --log-interval 50
+  --valid-interval "$valid_interval" --valid-every-epoch 0 --log-interval "$log_interval"
 
 last=$(ls "$exp_dir"/checkpoint-*.pt | sed 's/.*checkpoint-\([0-9]*\)\.pt/\1/' | sort -n | tail -1)
 # the averaged-model window needs a checkpoint --avg saves back; fall back to fewer when the run was short

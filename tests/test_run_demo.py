@@ -82,3 +82,27 @@ def test_glibc_keep_keeps_freed_memory_and_changes_no_number():
     default_mib, with_defaults = run({})
     assert kept_mib >= 256 > default_mib, (kept_mib, default_mib)
     assert with_keep == with_defaults
+
+
+def test_run_demo_passes_its_training_options_to_train_py(tmp_path):
+    """--log-interval (and the fixed-work flags beside it) reach train.py as given: run_demo.sh is run with a
+    stand-in for Python that records each call's arguments and does no work."""
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "fake_python"
+    fake.write_text("#!/usr/bin/env bash\n"
+                    f"printf '%s\\n' \"$*\" >> {shlex.quote(str(calls))}\n"
+                    # the family query reads a decode method and a blank penalty from stdout
+                    "if [ \"$1\" = -c ]; then echo ctc-prefix-beam-search 0.5; fi\n")
+    fake.chmod(0o755)
+    exp = tmp_path / "exp"
+    r = subprocess.run(["bash", str(ROOT / "run_demo.sh"), "--python", str(fake), "--malloc", "glibc",
+                        "--exp-dir", str(exp), "--log-interval", "7", "--max-batches", "21"],
+                       check=False, capture_output=True, text=True, timeout=120)
+    train = [line.split() for line in calls.read_text().splitlines() if "zipformer_crctc/train.py" in line]
+    assert len(train) == 1, (calls.read_text(), r.stderr)
+    argv = train[0]
+    for flag, value in (("--log-interval", "7"), ("--max-batches", "21"), ("--exp-dir", str(exp)),
+                        ("--num-threads", "2")):
+        assert argv[argv.index(flag) + 1] == value, (flag, argv)
+    # no checkpoint was written, so the script stops at the decode step with an error of its own
+    assert r.returncode != 0
