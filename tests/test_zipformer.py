@@ -465,6 +465,57 @@ def test_convnext_fast_cpu_depthwise_gradients_match_plain_convolution():
     torch.testing.assert_close(gx_fast, gx_ref, rtol=1e-4, atol=1e-4)
     for name, g in gp_ref.items():
         torch.testing.assert_close(gp_fast[name], g, rtol=1e-4, atol=1e-4 * float(g.abs().max()), msg=name)
-    # under autocast, in eval and without grad the block keeps the plain convolution
+    # in eval and without grad the block keeps the plain convolution
     with torch.no_grad():
         assert torch.equal(block.eval()(x), block.eval()(x))
+
+
+def test_convnext_fast_cpu_depthwise_gradients_under_bf16_autocast():
+    """Under CPU bf16 autocast (make demo on a CPU with native bf16) the depthwise convolution takes its gradients
+    from _DepthwiseConv2dTrainCpu too: the same bf16 forward as autocast's convolution, gradients within bf16's
+    rounding of oneDNN's, and the weight gradient in fp32 like the parameter."""
+    from anyphone.models.subsampling import ConvNeXt
+
+    torch.manual_seed(0)
+    block = ConvNeXt(8, layerdrop_rate=0.0).train()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0.0, 0.3)
+    x = torch.randn(2, 8, 40, 9)
+    w = torch.linspace(-1.0, 1.0, x.numel()).view_as(x)
+    conv_out = {}
+
+    def keep_output(module, inputs, output):  # returns None: the output itself goes on
+        conv_out["plain"] = output.detach()
+
+    block.depthwise_conv.register_forward_hook(keep_output)
+
+    def grads(own: bool):
+        block.fast_depthwise_grad = own
+        conv_out.clear()
+        xi = x.clone().requires_grad_(True)
+        block.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        random.seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = block(xi)
+        (y.float() * w).sum().backward()
+        return xi.grad, block.depthwise_conv.weight.grad, block.depthwise_conv.bias.grad, _graph_node_names(y)
+
+    try:
+        gx, gw, gb, nodes = grads(True)
+        gx_ref, gw_ref, gb_ref, ref_nodes = grads(False)
+    finally:
+        block.fast_depthwise_grad = True
+    assert "_DepthwiseConv2dTrainCpuBackward" in nodes and "_DepthwiseConv2dTrainCpuBackward" not in ref_nodes
+    assert gw.dtype == gb.dtype == torch.float32
+    # the bf16 forward is autocast's own: the convolution of the bf16-cast input, weight and bias
+    xb = x.contiguous(memory_format=torch.channels_last).bfloat16()
+    conv = block.depthwise_conv
+    fwd = torch.nn.functional.conv2d(xb, conv.weight.bfloat16(), conv.bias.bfloat16(), padding=block.padding,
+                                     groups=8)
+    assert torch.equal(conv_out["plain"], fwd)
+    for got, ref in ((gx, gx_ref), (gw, gw_ref), (gb, gb_ref)):
+        scale = float(ref.abs().max())
+        assert scale > 0
+        torch.testing.assert_close(got, ref.to(got.dtype), rtol=0, atol=0.02 * scale)

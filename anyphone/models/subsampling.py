@@ -41,22 +41,28 @@ def encoder_output_frames(num_fbank_frames, output_downsampling_factor: int = 1)
 
 
 class _DepthwiseConv2dTrainCpu(torch.autograd.Function):
-    """A stride-1 depthwise Conv2d for fp32 training on CPU, in channels-last layout.
+    """A stride-1 depthwise Conv2d for training on CPU, in channels-last layout, in fp32 or bf16 autocast.
 
     oneDNN computes the forward and the input gradient fast, but its depthwise weight gradient took 12x the
     forward (about 8% of a tiny-model step). Here the weight gradient is one grouped convolution: per (channel,
     utterance) pair the padded input is correlated with the output gradient as the kernel, giving a kh x kw map,
     summed over utterances (3x faster). The input gradient is the forward convolution of the output gradient
-    with the flipped kernel.
+    with the flipped kernel. Under bf16 autocast the forward and the input gradient run in x_cl's dtype (bf16)
+    as autocast's convolution would; the weight gradient is computed in fp32, a sum over every frame that
+    bf16 would round coarsely and that oneDNN's grouped convolution does fast only in fp32.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, x_cl: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, int]):
-        # x: (N, C, T, F) contiguous, saved for the weight gradient; x_cl: the same values channels-last
+        # x: (N, C, T, F) contiguous, saved for the weight gradient; x_cl: the same values channels-last, in the
+        # dtype to compute in (the parameters are cast to it, as autocast does)
         ctx.save_for_backward(x, weight)
         ctx.padding = padding
         ctx.has_bias = bias is not None
-        return torch.nn.functional.conv2d(x_cl, weight, bias, padding=padding, groups=x.shape[1])
+        dt = x_cl.dtype
+        with torch.autocast("cpu", enabled=False):
+            return torch.nn.functional.conv2d(x_cl, weight.to(dt), None if bias is None else bias.to(dt),
+                                              padding=padding, groups=x.shape[1])
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -67,17 +73,18 @@ class _DepthwiseConv2dTrainCpu(torch.autograd.Function):
         grad_cl = grad.contiguous(memory_format=torch.channels_last)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[1]:
-            grad_x = torch.nn.functional.conv2d(grad_cl, weight.flip(2, 3), padding=(kh - 1 - ph, kw - 1 - pw),
-                                                groups=c)
+            grad_x = torch.nn.functional.conv2d(grad_cl, weight.to(grad.dtype).flip(2, 3),
+                                                padding=(kh - 1 - ph, kw - 1 - pw), groups=c)
         if ctx.needs_input_grad[2]:
-            # (1, C*N, T + 2ph, F + 2pw) correlated with (C*N, 1, T, F), one group per (channel, utterance)
-            inp = torch.nn.functional.pad(x, (pw, pw, ph, ph)).transpose(0, 1).reshape(1, c * n, t + 2 * ph,
-                                                                                       f + 2 * pw)
-            ker = grad.contiguous().transpose(0, 1).reshape(c * n, 1, t, f)
+            # (1, C*N, T + 2ph, F + 2pw) correlated with (C*N, 1, T, F), one group per (channel, utterance);
+            # float() is a no-op in fp32 training
+            inp = torch.nn.functional.pad(x.float(), (pw, pw, ph, ph)).transpose(0, 1).reshape(
+                1, c * n, t + 2 * ph, f + 2 * pw)
+            ker = grad.float().contiguous().transpose(0, 1).reshape(c * n, 1, t, f)
             maps = torch.nn.functional.conv2d(inp, ker, groups=c * n)
-            grad_w = maps.view(c, n, kh, kw).sum(1).unsqueeze(1)
+            grad_w = maps.view(c, n, kh, kw).sum(1).unsqueeze(1).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[3]:
-            grad_b = grad.sum((0, 2, 3))
+            grad_b = grad.float().sum((0, 2, 3)).to(weight.dtype)
         return None, grad_x, grad_w, grad_b, None
 
 
@@ -88,6 +95,9 @@ class ConvNeXt(nn.Module):
     """
 
     channels_last_on_cpu = True
+    # CPU training (fp32, or bf16 autocast) takes the depthwise convolution's gradients from
+    # _DepthwiseConv2dTrainCpu instead of oneDNN's (benchmarks/step_profile.py compares the two)
+    fast_depthwise_grad = True
 
     def __init__(
         self,
@@ -124,13 +134,18 @@ class ConvNeXt(nn.Module):
         """x: (N, C, T, F) -> (N, C, T, F)."""
         fast_cpu_training = (self.channels_last_on_cpu and x.device.type == "cpu" and self.training
                              and not is_exporting())
+        own_grad = False
         if fast_cpu_training:
             # oneDNN's depthwise 7x7 convolution trains ~2.5x faster in channels-last layout on CPU
             x_nchw, x = x, x.contiguous(memory_format=torch.channels_last)
-        if (fast_cpu_training and torch.is_grad_enabled() and x.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu") and x_nchw.is_contiguous()):
+            # the dtype the convolution computes in: autocast's (bf16 only here) or fp32 without it
+            autocast = torch.is_autocast_enabled("cpu")
+            compute_dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
+            own_grad = (self.fast_depthwise_grad and torch.is_grad_enabled() and x_nchw.is_contiguous()
+                        and compute_dtype == (torch.bfloat16 if autocast else torch.float32))
+        if own_grad:
             conv = self.depthwise_conv
-            y = _DepthwiseConv2dTrainCpu.apply(x_nchw, x, conv.weight, conv.bias, self.padding)
+            y = _DepthwiseConv2dTrainCpu.apply(x_nchw, x.to(compute_dtype), conv.weight, conv.bias, self.padding)
         else:
             y = self.depthwise_conv(x)
         y = self.pointwise_conv1(y)
