@@ -34,7 +34,10 @@ save_every_n=150
 avg=1
 blank_penalty=""  # decode: subtracted from blank's score; default: the family's recommended one (CR-CTC 0.5, the
                   # transducer 1.0, chosen on dev)
-use_bf16=auto   # auto: bfloat16 autocast where the CPU computes it natively (AVX512-BF16 or AMX), else fp32
+use_bf16=0      # fp32 on every CPU: on 2 cores of an AMX Xeon the demo trained 1.4x faster in fp32 than with bf16
+                # autocast, also with oneDNN kept to AVX512-BF16 (Zen 4's bf16); where bf16 is missing it is
+                # emulated (3.7x slower on a 2-core EPYC); and one dtype rounds alike on every machine (RESULTS.md).
+                # --use-bf16 1 for a GPU
 malloc=auto     # auto: train with tcmalloc preloaded where it is installed (libtcmalloc-minimal4), else glibc-keep;
                 # glibc-keep: glibc's malloc told to keep freed memory (no mmap, no trimming); glibc: glibc's
                 # defaults. The same numbers with each, only the time and memory differ (RESULTS.md)
@@ -47,10 +50,6 @@ python=${PYTHON:-python3}
 . shared/parse_options.sh || exit 1
 
 exp_dir=${exp_dir:-$recipe/exp-demo}
-if [ "$use_bf16" = auto ]; then
-  # without native bf16 instructions autocast converts in software: 3.7x slower on a 2-core AMD EPYC (RESULTS.md)
-  if grep -qw -e avx512_bf16 -e amx_bf16 /proc/cpuinfo 2>/dev/null; then use_bf16=1; else use_bf16=0; fi
-fi
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (run_demo.sh) $*"; }
 # glibc's malloc hands the pages of each step's activations back to the kernel and faults them in again in the
 # next step (40-78% of the CPU in the kernel on a 2-core EPYC): its large blocks (over 32 MiB at most) are mmap'd
@@ -105,10 +104,9 @@ blank_penalty=${blank_penalty:-$family_penalty}
 log "Training $recipe ${family:+--family $family }(tiny) for $max_batches batches -> $exp_dir"
 # Short-run schedule: Eden decays over --lr-batches instead of icefall's 7500, and the Zipformer's own
 # regularisation schedules (dropout, layer skipping) count batches of --ref-duration 1 s, so they relax within
-# the run as they would over a long one. bfloat16 autocast where the CPU has AVX512-BF16 or AMX (~35% faster
-# there). The CR-CTC recipe's demo trains plain CTC on unmasked features: it leaves the all-blank phase about
-# twice as early as with masks, and on dev 1300 plain batches beat the earlier demo's 900 plain + 700 CR-CTC
-# ones, which cost 1.8x the compute (RESULTS.md). The last 20% of the batches lower the learning rate linearly
+# the run as they would over a long one. fp32 unless --use-bf16 1 (above). The CR-CTC recipe's demo trains
+# plain CTC on unmasked features: it leaves the all-blank phase about twice as early as with masks, and on dev
+# 1300 plain batches beat the earlier demo's 900 plain + 700 CR-CTC ones, which cost 1.8x the compute (RESULTS.md). The last 20% of the batches lower the learning rate linearly
 # to 0 (--cooldown-fraction; it took an earlier, time-budgeted demo from 8.66% to 7.59% test PER). The
 # transducer: its simple/pruned warm-up over 300 batches. No speed perturbation (eSpeak already varies the
 # speaking rate); noise, added silence and noise-only cuts stay on.

@@ -85,8 +85,8 @@ def test_glibc_keep_keeps_freed_memory_and_changes_no_number():
 
 
 def test_run_demo_passes_its_training_options_to_train_py(tmp_path):
-    """--log-interval (and the fixed-work flags beside it) reach train.py as given: run_demo.sh is run with a
-    stand-in for Python that records each call's arguments and does no work."""
+    """--log-interval (and the fixed-work flags beside it) reach train.py as given, and it trains in fp32 whatever
+    the CPU: run_demo.sh is run with a stand-in for Python that records each call's arguments and does no work."""
     calls = tmp_path / "calls.txt"
     fake = tmp_path / "fake_python"
     fake.write_text("#!/usr/bin/env bash\n"
@@ -102,7 +102,7 @@ def test_run_demo_passes_its_training_options_to_train_py(tmp_path):
     assert len(train) == 1, (calls.read_text(), r.stderr)
     argv = train[0]
     for flag, value in (("--log-interval", "7"), ("--max-batches", "21"), ("--exp-dir", str(exp)),
-                        ("--num-threads", "2")):
+                        ("--num-threads", "2"), ("--use-bf16", "0")):
         assert argv[argv.index(flag) + 1] == value, (flag, argv)
     # no checkpoint was written, so the script stops at the decode step with an error of its own
     assert r.returncode != 0
