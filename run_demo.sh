@@ -34,9 +34,9 @@ save_every_n=150
 avg=1
 blank_penalty=""  # decode: subtracted from blank's score; default: the family's recommended one (CR-CTC 0.5, the
                   # transducer 1.0, chosen on dev)
-use_bf16=0      # fp32 on every CPU: on 2 cores of an AMX Xeon the demo trained 1.4x faster in fp32 than with bf16
-                # autocast, also with oneDNN kept to AVX512-BF16 (Zen 4's bf16); where bf16 is missing it is
-                # emulated (3.7x slower on a 2-core EPYC); and one dtype rounds alike on every machine (RESULTS.md).
+use_bf16=0      # fp32 on every CPU: on 2 cores of an AMX Xeon the demo trained 1.3-1.5x faster in fp32 than
+                # with bf16 autocast, also with oneDNN kept to AVX512-BF16 (Zen 4's bf16); where bf16 is missing
+                # it is emulated (3.7x slower on a 2-core EPYC); and one dtype rounds alike on every machine.
                 # --use-bf16 1 for a GPU
 malloc=auto     # auto: train with tcmalloc preloaded where it is installed (libtcmalloc-minimal4), else glibc-keep;
                 # glibc-keep: glibc's malloc told to keep freed memory (no mmap, no trimming); glibc: glibc's
@@ -106,10 +106,11 @@ log "Training $recipe ${family:+--family $family }(tiny) for $max_batches batche
 # regularisation schedules (dropout, layer skipping) count batches of --ref-duration 1 s, so they relax within
 # the run as they would over a long one. fp32 unless --use-bf16 1 (above). The CR-CTC recipe's demo trains
 # plain CTC on unmasked features: it leaves the all-blank phase about twice as early as with masks, and on dev
-# 1300 plain batches beat the earlier demo's 900 plain + 700 CR-CTC ones, which cost 1.8x the compute (RESULTS.md). The last 20% of the batches lower the learning rate linearly
-# to 0 (--cooldown-fraction; it took an earlier, time-budgeted demo from 8.66% to 7.59% test PER). The
-# transducer: its simple/pruned warm-up over 300 batches. No speed perturbation (eSpeak already varies the
-# speaking rate); noise, added silence and noise-only cuts stay on.
+# 1300 plain batches beat the earlier demo's 900 plain + 700 CR-CTC ones, which cost 1.8x the compute
+# (RESULTS.md). The last 20% of the batches lower the learning rate linearly to 0 (--cooldown-fraction; it took
+# an earlier, time-budgeted demo from 8.66% to 7.59% test PER). The transducer: its simple/pruned warm-up over
+# 300 batches. No speed perturbation (eSpeak already varies the speaking rate); noise, added silence and
+# noise-only cuts stay on.
 "${train_env[@]}" $python "$recipe/train.py" \
   --model-size tiny --exp-dir "$exp_dir" \
   --train-shar data/shar/embedded/train --dev-shar data/shar/embedded/dev \
