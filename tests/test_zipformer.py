@@ -434,6 +434,29 @@ def _graph_node_names(t: torch.Tensor) -> set[str]:
     return {type(fn).__name__ for fn in seen}
 
 
+def _block_with_and_without_own_depthwise_grad(block, x, w, switch: str, bf16: bool = False):
+    """Runs ``block`` on ``x`` (loss: sum of output * w) with its attribute ``switch`` True (the depthwise gradients
+    from _DepthwiseConv2dTrainCpu) and False (oneDNN's), with the same random draws; returns (output, x's gradient,
+    parameter gradients) of each run, having checked which path each took."""
+    runs = []
+    try:
+        for own in (True, False):
+            setattr(block, switch, own)
+            xi = x.clone().requires_grad_(True)
+            block.zero_grad(set_to_none=True)
+            torch.manual_seed(1)  # the same layer-drop and regulariser draws
+            random.seed(1)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                y = block(xi)
+            (y.float() * w).sum().backward()
+            runs.append((y.detach(), xi.grad, {n: p.grad for n, p in block.named_parameters()},
+                         _graph_node_names(y)))
+    finally:
+        setattr(block, switch, True)
+    assert "_DepthwiseConv2dTrainCpuBackward" in runs[0][3] and "_DepthwiseConv2dTrainCpuBackward" not in runs[1][3]
+    return [r[:3] for r in runs]
+
+
 def test_convnext_fast_cpu_depthwise_gradients_match_plain_convolution():
     from anyphone.models.subsampling import ConvNeXt
 
@@ -444,23 +467,8 @@ def test_convnext_fast_cpu_depthwise_gradients_match_plain_convolution():
             p.normal_(0.0, 0.3)
     x = torch.randn(3, 16, 50, 11)
     w = torch.linspace(-1.0, 1.0, x.numel()).view_as(x)
-
-    def grads(fast: bool):
-        block.channels_last_on_cpu = fast
-        xi = x.clone().requires_grad_(True)
-        block.zero_grad(set_to_none=True)
-        torch.manual_seed(1)  # the same layer-drop and regulariser draws
-        random.seed(1)
-        y = block(xi)
-        (y * w).sum().backward()
-        return y.detach(), xi.grad, {n: p.grad for n, p in block.named_parameters()}, _graph_node_names(y)
-
-    try:
-        y_fast, gx_fast, gp_fast, nodes = grads(True)
-        y_ref, gx_ref, gp_ref, ref_nodes = grads(False)
-    finally:
-        block.channels_last_on_cpu = True
-    assert "_DepthwiseConv2dTrainCpuBackward" in nodes and "_DepthwiseConv2dTrainCpuBackward" not in ref_nodes
+    (y_fast, gx_fast, gp_fast), (y_ref, gx_ref, gp_ref) = _block_with_and_without_own_depthwise_grad(
+        block, x, w, "channels_last_on_cpu")
     torch.testing.assert_close(y_fast, y_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gx_fast, gx_ref, rtol=1e-4, atol=1e-4)
     for name, g in gp_ref.items():
@@ -471,7 +479,7 @@ def test_convnext_fast_cpu_depthwise_gradients_match_plain_convolution():
 
 
 def test_convnext_fast_cpu_depthwise_gradients_under_bf16_autocast():
-    """Under CPU bf16 autocast (make demo on a CPU with native bf16) the depthwise convolution takes its gradients
+    """Under CPU bf16 autocast (train.py --use-bf16 1 on a CPU) the depthwise convolution takes its gradients
     from _DepthwiseConv2dTrainCpu too: the same bf16 forward as autocast's convolution, gradients within bf16's
     rounding of oneDNN's, and the weight gradient in fp32 like the parameter."""
     from anyphone.models.subsampling import ConvNeXt
@@ -488,26 +496,10 @@ def test_convnext_fast_cpu_depthwise_gradients_under_bf16_autocast():
     def keep_output(module, inputs, output):  # returns None: the output itself goes on
         conv_out["plain"] = output.detach()
 
-    block.depthwise_conv.register_forward_hook(keep_output)
-
-    def grads(own: bool):
-        block.fast_depthwise_grad = own
-        conv_out.clear()
-        xi = x.clone().requires_grad_(True)
-        block.zero_grad(set_to_none=True)
-        torch.manual_seed(1)
-        random.seed(1)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = block(xi)
-        (y.float() * w).sum().backward()
-        return xi.grad, block.depthwise_conv.weight.grad, block.depthwise_conv.bias.grad, _graph_node_names(y)
-
-    try:
-        gx, gw, gb, nodes = grads(True)
-        gx_ref, gw_ref, gb_ref, ref_nodes = grads(False)
-    finally:
-        block.fast_depthwise_grad = True
-    assert "_DepthwiseConv2dTrainCpuBackward" in nodes and "_DepthwiseConv2dTrainCpuBackward" not in ref_nodes
+    block.depthwise_conv.register_forward_hook(keep_output)  # called on oneDNN's path only
+    (_, gx, gp), (_, gx_ref, gp_ref) = _block_with_and_without_own_depthwise_grad(
+        block, x, w, "fast_depthwise_grad", bf16=True)
+    gw, gb = gp["depthwise_conv.weight"], gp["depthwise_conv.bias"]
     assert gw.dtype == gb.dtype == torch.float32
     # the bf16 forward is autocast's own: the convolution of the bf16-cast input, weight and bias
     xb = x.contiguous(memory_format=torch.channels_last).bfloat16()
@@ -515,7 +507,7 @@ def test_convnext_fast_cpu_depthwise_gradients_under_bf16_autocast():
     fwd = torch.nn.functional.conv2d(xb, conv.weight.bfloat16(), conv.bias.bfloat16(), padding=block.padding,
                                      groups=8)
     assert torch.equal(conv_out["plain"], fwd)
-    for got, ref in ((gx, gx_ref), (gw, gw_ref), (gb, gb_ref)):
+    for got, ref in ((gx, gx_ref), (gw, gp_ref["depthwise_conv.weight"]), (gb, gp_ref["depthwise_conv.bias"])):
         scale = float(ref.abs().max())
         assert scale > 0
         torch.testing.assert_close(got, ref.to(got.dtype), rtol=0, atol=0.02 * scale)
