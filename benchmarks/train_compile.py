@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from contextlib import nullcontext
 
 import torch
 from train_throughput import make_batch, training_setup
@@ -58,7 +57,7 @@ def main() -> None:
         batch = batches[step % len(batches)]
         set_batch_count(model, 1000.0 + step)
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16) if a.dtype == "bf16" else nullcontext():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bf16"):
             loss, _ = family.compute_loss(run_model, batch, args, 1000 + step, True)
         loss.backward()
         opt.step()
